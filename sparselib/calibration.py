@@ -1,0 +1,140 @@
+"""Calibration: capture each decoder layer's inputs, and the statistics its linears need.
+
+The protocol of the reference implementations, written once for every method:
+1. run the model on the calibration batch up to decoder layer 0 and keep *all* the arguments the
+   layer receives (hidden states and every keyword: attention mask, position ids, rotary
+   ``position_embeddings``, ...);
+2. for each layer: hook its linears, run the *dense* layer on all samples to accumulate statistics;
+   hand the layer to the method to prune; run the *pruned* layer to make the next layer's inputs.
+
+With ``device`` set (e.g. "cuda" while the model stays on CPU), one layer and its activations at a
+time live on that device: the same code path streams large models through a small accelerator.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .models import adapter_for, decoder_layers, get_module, layer_linears
+
+
+class LinearStats:
+    """Running statistics of one linear's inputs ``X [tokens, in]``.
+
+    ``sq``: per-channel sum of squares over all tokens (``‖X_j‖₂² ``, Wanda).
+    ``H``:  running mean over calibration *samples* of ``2 XᵀX`` (SparseGPT's reference scaling;
+            the scale does not matter because damping is relative to ``mean(diag H)``).
+    """
+
+    def __init__(self, in_features: int, device, hessian: bool):
+        self.sq = torch.zeros(in_features, dtype=torch.float64, device=device)
+        self.H = torch.zeros(in_features, in_features, device=device) if hessian else None
+        self.nsamples = 0
+        self.ntokens = 0
+
+    def add(self, X: torch.Tensor, nsamples: int) -> None:
+        X = X.reshape(-1, X.shape[-1]).float()
+        self.sq += X.pow(2).sum(0, dtype=torch.float64)
+        self.ntokens += X.shape[0]
+        if self.H is not None:
+            total = self.nsamples + nsamples
+            self.H *= self.nsamples / total
+            X = X * (2.0 / total) ** 0.5
+            self.H.addmm_(X.t(), X)
+        self.nsamples += nsamples
+
+    @property
+    def norms(self) -> torch.Tensor:
+        """``‖X_j‖₂`` per input channel (float32)."""
+        return self.sq.sqrt().float()
+
+
+class _Stop(Exception):
+    pass
+
+
+def _to(obj, device):
+    """Move every tensor inside ``obj`` (tuples, lists, dicts) to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+def _output(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@torch.no_grad()
+def capture_inputs(model: nn.Module, calib: torch.Tensor, batch_size: int, device) -> list:
+    """Inputs of decoder layer 0, per minibatch of ``calib``: a list of ``(hidden, kwargs)``."""
+    adapter = adapter_for(model)
+    layer0 = decoder_layers(model)[0]
+    captured = []
+
+    def catch(module, args, kwargs):
+        kwargs = dict(kwargs)
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        captured.append((hidden, {k: v for k, v in kwargs.items()}))
+        raise _Stop
+
+    handle = layer0.register_forward_pre_hook(catch, with_kwargs=True)
+    moved = [m for p in adapter.embeddings if (m := get_module(model, p)) is not None]
+    homes = [next(iter(m.parameters()), torch.empty(0)).device for m in moved]
+    try:
+        for m in moved:
+            m.to(device)
+        for start in range(0, calib.shape[0], batch_size):
+            try:
+                model(input_ids=calib[start:start + batch_size].to(device), use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+        for m, home in zip(moved, homes):
+            m.to(home)
+    return captured
+
+
+def run_layer(layer: nn.Module, batches: list) -> list:
+    """The layer's outputs for every captured ``(hidden, kwargs)`` minibatch."""
+    return [(_output(layer(hidden, **kwargs)), kwargs) for hidden, kwargs in batches]
+
+
+@torch.no_grad()
+def layerwise(model: nn.Module, calib: torch.Tensor, hessian: bool = False, batch_size: int = 8,
+              device=None):
+    """Walk the decoder layers with their calibration statistics.
+
+    Yields ``(index, layer, linears, stats)`` with ``stats[name]`` a :class:`LinearStats` gathered by
+    running the dense layer. The caller prunes ``linears`` in place; when it asks for the next layer,
+    the *pruned* layer is run to produce that layer's inputs.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    batches = [(h.to(device), _to(kw, device)) for h, kw in capture_inputs(model, calib, batch_size, device)]
+    for index, layer in enumerate(decoder_layers(model)):
+        home = next(layer.parameters()).device
+        layer.to(device)
+        linears = layer_linears(layer)
+        stats = {}
+        handles = []
+        for name, module in linears.items():
+            in_features = module.weight.shape[0 if type(module).__name__ == "Conv1D" else 1]
+            stats[name] = LinearStats(in_features, device, hessian)
+
+            def hook(module, inputs, output, name=name):
+                stats[name].add(inputs[0], inputs[0].shape[0])
+
+            handles.append(module.register_forward_hook(hook))
+        try:
+            run_layer(layer, batches)  # dense pass: statistics only
+        finally:
+            for h in handles:
+                h.remove()
+        yield index, layer, linears, stats
+        batches = run_layer(layer, batches)  # pruned pass: the next layer's inputs
+        layer.to(home)
+        del stats

