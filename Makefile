@@ -30,7 +30,7 @@ unit: setup
 # from those outputs with execution off.
 notebooks: setup
 	rm -rf $(CI_DIR) && mkdir -p $(CI_DIR)
-	cp -r _toc.yml references.bib intro.md chapters $(CI_DIR)/
+	cp -r _toc.yml references.bib *.md chapters $(CI_DIR)/
 	sed 's/^\(\s*execute_notebooks:\).*/\1 "off"/' _config.yml > $(CI_DIR)/_config.yml
 	cd $(CI_DIR) && PATH="$(CURDIR)/$(BIN):$$PATH" $(CURDIR)/$(BIN)/python -m pytest -q -p no:cacheprovider \
 		--nbmake --nbmake-timeout=900 --overwrite --durations=0 chapters

@@ -24,3 +24,5 @@ EVAL_TOKENS = 16384
 #: The course's standard evaluation window length.
 EVAL_SEQLEN = 256
 
+
+from .quiz import load_quiz, show_quiz  # noqa: E402

@@ -1,0 +1,39 @@
+"""Shared fixtures: small random-weight models of real architectures (no download)."""
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
+
+
+def tiny_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         tie_word_embeddings=True, **overrides)
+    return LlamaForCausalLM(config).eval()
+
+
+def tiny_opt(seed: int = 0, **overrides) -> OPTForCausalLM:
+    torch.manual_seed(seed)
+    config = OPTConfig(vocab_size=128, hidden_size=64, ffn_dim=128, num_hidden_layers=2,
+                       num_attention_heads=4, max_position_embeddings=64, word_embed_proj_dim=64,
+                       **overrides)
+    return OPTForCausalLM(config).eval()
+
+
+@pytest.fixture(params=["llama", "opt"])
+def tiny_model(request):
+    return tiny_llama() if request.param == "llama" else tiny_opt()
+
+
+@pytest.fixture
+def tiny_calib():
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 128, (6, 16), generator=g)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real offline model (about 20 s the first time, then cached as safetensors)."""
+    import sparselib
+
+    return sparselib.load_model()
