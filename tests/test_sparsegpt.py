@@ -1,0 +1,154 @@
+"""SparseGPT against principles: the exact least-squares optimum bounds it from below, and it beats
+pruning without an update. Inputs are correlated, as real activations are."""
+import pytest
+import torch
+
+from sparselib.masks import is_nm, nm_mask, unstructured_mask
+from sparselib.scores import input_norms, wanda_scores
+from sparselib.sparsegpt import inverse_hessian_factor, sparsegpt_prune
+
+
+def correlated_problem(seed=0, rows=48, cols=128, tokens=1024):
+    g = torch.Generator().manual_seed(seed)
+    Z = torch.randn(tokens, cols, generator=g)
+    A = torch.randn(cols, cols, generator=g) / cols**0.5 + torch.eye(cols)
+    scale = torch.exp(torch.randn(cols, generator=g))  # uneven channel norms, like real activations
+    X = (Z @ A) * scale
+    W = torch.randn(rows, cols, generator=g)
+    return W, X, 2 * X.t() @ X
+
+
+def error(W, W_hat, H):
+    D = (W - W_hat).double()
+    return torch.einsum("ij,jk,ik->", D, H.double(), D).item()
+
+
+def optimum(W, keep, H):
+    """Exact least squares for a fixed mask: per row, w_K = H_KK^-1 (H w)_K."""
+    W, H = W.double(), H.double()
+    out = torch.zeros_like(W)
+    for i in range(W.shape[0]):
+        K = keep[i]
+        out[i, K] = torch.linalg.solve(H[K][:, K], (H @ W[i])[K])
+    return out
+
+
+@pytest.mark.parametrize("pattern", [{"sparsity": 0.5}, {"sparsity": 0.7}, {"n": 2, "m": 4}, {"n": 4, "m": 8}])
+def test_between_the_optimum_and_no_update(pattern):
+    W, X, H = correlated_problem()
+    W_hat, keep = sparsegpt_prune(W, H, blocksize=32, **pattern)
+    best = error(W, optimum(W, keep, H), H)
+    ours = error(W, W_hat, H)
+    assert best <= ours * (1 + 1e-6)           # the optimum is a lower bound
+    assert ours <= 1.5 * best                  # greedy, one pass, but close
+    S = wanda_scores(W, input_norms(X))
+    wanda_keep = nm_mask(S, pattern["n"], pattern["m"]) if "n" in pattern else unstructured_mask(S, pattern["sparsity"])
+    assert ours < error(W, W * wanda_keep, H)  # and better than pruning without an update
+
+
+def test_exact_sparsity_and_nm():
+    W, _, H = correlated_problem(1)
+    W_hat, keep = sparsegpt_prune(W, H, sparsity=0.5, blocksize=32)
+    assert (W_hat == 0).sum() == W.numel() // 2 and torch.equal(W_hat != 0, keep)
+    W_hat, keep = sparsegpt_prune(W, H, n=2, m=4, blocksize=32)
+    assert is_nm(W_hat, 2, 4) and (W_hat == 0).sum() == W.numel() // 2
+
+
+def test_per_row_sparsity_varies_with_one_threshold_per_block():
+    W, _, H = correlated_problem(2)
+    W_hat, _ = sparsegpt_prune(W, H, sparsity=0.5)
+    per_row = (W_hat == 0).float().mean(1)
+    assert per_row.min() < 0.5 < per_row.max()
+
+
+def test_dead_inputs_zero_the_weight_column():
+    W, X, _ = correlated_problem(3)
+    X[:, [5, 17]] = 0
+    H = 2 * X.t() @ X
+    W_hat, _ = sparsegpt_prune(W, H, sparsity=0.25, blocksize=32)
+    assert (W_hat[:, [5, 17]] == 0).all() and torch.isfinite(W_hat).all()
+
+
+def test_inputs_are_not_modified_and_dtype_device_follow_w():
+    W, _, H = correlated_problem(4)
+    W64, H0 = W.double(), H.clone()
+    W_hat, keep = sparsegpt_prune(W64, H, n=2, m=4, blocksize=32)
+    assert W_hat.dtype == torch.float64 and W_hat.device == W.device and keep.dtype == torch.bool
+    assert torch.equal(H, H0) and torch.equal(W64, W.double())
+
+
+def test_damping_retries_with_a_warning_then_succeeds():
+    H = torch.diag(torch.tensor([1.0, 1.0, 1.0, -0.1]))
+    with pytest.warns(RuntimeWarning, match="not positive definite"):
+        U = inverse_hessian_factor(H, 0.01)
+    assert torch.isfinite(U).all()
+    with pytest.warns(RuntimeWarning), pytest.raises(ValueError, match="not positive definite"):
+        inverse_hessian_factor(-torch.eye(4), 0.01)
+
+
+def test_cholesky_factor_gives_the_inverse():
+    _, _, H = correlated_problem(5, cols=32)
+    U = inverse_hessian_factor(H.double(), 0.01)
+    Hd = H.double() + 0.01 * torch.diag(H.double()).mean() * torch.eye(32, dtype=torch.float64)
+    assert torch.allclose(U.t() @ U, torch.linalg.inv(Hd), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"sparsity": 0.5, "n": 2, "m": 4}, "not both"),
+    ({}, "neither"),
+    ({"n": 2, "m": 4, "blocksize": 30}, "multiple of m"),
+    ({"sparsity": 1.5}, r"\[0, 1\)"),
+    ({"n": 3, "m": 2}, "0 < n < m"),
+])
+def test_bad_arguments(kwargs, match):
+    W, _, H = correlated_problem(6, cols=64)
+    with pytest.raises(ValueError, match=match):
+        sparsegpt_prune(W, H, **kwargs)
+
+
+def test_bad_tensors():
+    W, _, H = correlated_problem(7, cols=64)
+    with pytest.raises(ValueError, match="in_features, in_features"):
+        sparsegpt_prune(W, H[:10], sparsity=0.5)
+    A = H.clone()
+    A[0, 1] += 1000
+    with pytest.raises(ValueError, match="symmetric"):
+        sparsegpt_prune(W, A, sparsity=0.5)
+    W[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        sparsegpt_prune(W, H, sparsity=0.5)
+
+
+def naive_obs(W, H, sparsity=None, n=None, m=None, blocksize=32, percdamp=0.01):
+    """Textbook sequential OBS in float64: at column i, invert the Hessian of the columns not yet
+    fixed (i..end), zero w_i if masked and spread the error over the remaining columns. Masks follow
+    the same rules (per block for unstructured, per M-group for N:M) with cost w_j^2 / [H_{j:,j:}^-1]_00."""
+    W, H = W.double().clone(), H.double().clone()
+    H += percdamp * torch.diag(H).mean() * torch.eye(H.shape[0], dtype=H.dtype)
+    cols = W.shape[1]
+    d2 = torch.stack([torch.linalg.inv(H[j:, j:])[0, 0] for j in range(cols)])
+    prune = torch.zeros_like(W, dtype=torch.bool)
+    for i in range(cols):
+        if sparsity is not None and i % blocksize == 0:
+            block = (W[:, i:i + blocksize] ** 2 / d2[i:i + blocksize]).flatten()
+            k = int(block.numel() * sparsity)
+            flat = torch.zeros_like(block, dtype=torch.bool)
+            flat[torch.sort(block, stable=True).indices[:k]] = True
+            prune[:, i:i + blocksize] = flat.view(W.shape[0], -1)
+        if sparsity is None and i % m == 0:
+            idx = torch.topk(W[:, i:i + m] ** 2 / d2[i:i + m], n, dim=1, largest=False).indices
+            prune[:, i:i + m].scatter_(1, idx, True)
+        Hinv = torch.linalg.inv(H[i:, i:])
+        q = torch.where(prune[:, i], torch.zeros_like(W[:, i]), W[:, i])
+        W[:, i:] -= ((W[:, i] - q) / Hinv[0, 0])[:, None] * Hinv[0][None, :]
+        W[:, i] = q
+    return W, ~prune
+
+
+@pytest.mark.parametrize("pattern", [{"sparsity": 0.5}, {"n": 2, "m": 4}])
+def test_cholesky_and_lazy_batches_equal_textbook_sequential_obs(pattern):
+    W, _, H = correlated_problem(8, rows=8, cols=64)
+    W_ref, keep_ref = naive_obs(W, H, blocksize=32, **pattern)
+    W_hat, keep = sparsegpt_prune(W.double(), H.double(), blocksize=32, **pattern)
+    assert torch.equal(keep, keep_ref)
+    assert torch.allclose(W_hat, W_ref, atol=1e-6)
