@@ -26,3 +26,7 @@ EVAL_SEQLEN = 256
 
 
 from .quiz import load_quiz, show_quiz  # noqa: E402
+from .format24 import Compressed24, compress_24, decompress_24, storage_bytes  # noqa: E402
+from .semistructured import (SparseKernelsUnavailable, benchmark_linear, can_use_sparse_kernels,  # noqa: E402
+                             to_semi_structured)
+from .results import load_result, provenance, save_result  # noqa: E402

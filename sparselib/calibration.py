@@ -119,21 +119,32 @@ def layerwise(model: nn.Module, calib: torch.Tensor, hessian: bool = False, batc
         home = next(layer.parameters()).device
         layer.to(device)
         linears = layer_linears(layer)
-        stats = {}
-        handles = []
-        for name, module in linears.items():
-            in_features = module.weight.shape[0 if type(module).__name__ == "Conv1D" else 1]
-            stats[name] = LinearStats(in_features, device, hessian)
+        stats: dict[str, LinearStats] = {}
+        readers: dict[int, tuple] = {}  # id(input tensor) -> (tensor, stats) within one minibatch
 
-            def hook(module, inputs, output, name=name):
-                stats[name].add(inputs[0], inputs[0].shape[0])
+        def hook(module, inputs, output, name):
+            # Linears that read the same tensor (q/k/v, gate/up) share one LinearStats: the
+            # statistics, above all H, are computed once per distinct input.
+            X = inputs[0]
+            seen = readers.get(id(X))
+            if seen is not None and seen[0] is X:
+                stats.setdefault(name, seen[1])
+                return
+            if name not in stats:
+                stats[name] = LinearStats(X.shape[-1], device, hessian)
+            stats[name].add(X, X.shape[0])
+            readers[id(X)] = (X, stats[name])
 
-            handles.append(module.register_forward_hook(hook))
+        handles = [m.register_forward_hook(lambda mod, i, o, name=name: hook(mod, i, o, name))
+                   for name, m in linears.items()]
         try:
-            run_layer(layer, batches)  # dense pass: statistics only
+            for hidden, kwargs in batches:  # dense pass: statistics only
+                readers.clear()
+                layer(hidden, **kwargs)
         finally:
             for h in handles:
                 h.remove()
+            readers.clear()
         yield index, layer, linears, stats
         batches = run_layer(layer, batches)  # pruned pass: the next layer's inputs
         layer.to(home)

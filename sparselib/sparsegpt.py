@@ -117,11 +117,10 @@ def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float | None = N
             if sparsity is None and i % m == 0:  # N:M mask of the next m columns, per row
                 scores = W1[:, i:i + m].pow(2) / d[i:i + m].pow(2)
                 prune1.scatter_(1, i + torch.topk(scores, n, dim=1, largest=False).indices, True)
-            w = W1[:, i]
-            q = torch.where(prune1[:, i], torch.zeros_like(w), w)
-            err = (w - q) / d[i]
-            W1[:, i:].sub_(err.unsqueeze(1) * U1[i, i:].unsqueeze(0))  # OBS update of the rest of the block
-            W1[:, i] = q
+            # OBS for column i: err = (w - q) / U_ii with q = w with its pruned entries zeroed; the
+            # rest of the block moves by -err ⊗ U[i, i:] (which also turns w into q at column i).
+            err = W1[:, i] * prune1[:, i] / d[i]
+            W1[:, i:].addr_(err, U1[i, i:], alpha=-1)
             Err1[:, i] = err
         W[:, i1:i2] = W1
         prune[:, i1:i2] = prune1

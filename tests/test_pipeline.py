@@ -65,6 +65,11 @@ def test_next_layer_statistics_come_from_the_pruned_layer(tiny_calib):
             h.remove()
             expected = input_norms(torch.cat(pruned_inputs["x"]))
             assert torch.allclose(stats["self_attn.q_proj"].norms, expected, rtol=1e-4)
+            # q, k, v read one tensor and share one set of statistics; o_proj reads another
+            assert stats["self_attn.k_proj"] is stats["self_attn.q_proj"] is stats["self_attn.v_proj"]
+            assert stats["mlp.up_proj"] is stats["mlp.gate_proj"]
+            assert stats["self_attn.o_proj"] is not stats["self_attn.q_proj"]
+            assert stats["self_attn.q_proj"].ntokens == tiny_calib.numel()
             assert not torch.allclose(stats["self_attn.q_proj"].norms,
                                       input_norms(torch.cat(dense_inputs["x"])), rtol=1e-2)
 

@@ -1,0 +1,74 @@
+"""Recorded measurements: JSON files in ``sparselib/results/``, each with its provenance.
+
+Long sweeps are produced by scripts in ``benchmarks/``; chapters load them here and re-run one
+point live to check that the file still agrees with the code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def provenance(script: str, **protocol) -> dict:
+    """Where, when and on what a measurement was made."""
+    import transformers
+
+    from . import __version__
+
+    info = {
+        "script": script,
+        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cpu": _cpu_name(),
+        "cpu_threads": torch.get_num_threads(),
+        "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "sparselib": __version__,
+        "protocol": protocol,
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def save_result(name: str, data: dict, directory: Path | None = None) -> Path:
+    """Write ``data`` to ``<directory>/<name>.json`` atomically (temp file, then rename)."""
+    directory = Path(directory or RESULTS_DIR)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.json"
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_result(name: str) -> dict:
+    """A recorded result by name (file stem in ``sparselib/results/``)."""
+    path = RESULTS_DIR / f"{name}.json"
+    if not path.exists():
+        available = ", ".join(sorted(p.stem for p in RESULTS_DIR.glob("*.json"))) or "none"
+        raise ValueError(f"no recorded result {name!r}; available: {available}. "
+                         f"The scripts in benchmarks/ produce them.")
+    return json.loads(path.read_text())
