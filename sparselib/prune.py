@@ -152,7 +152,8 @@ def _validate(model, method, pattern, calib, options):
 
 
 def prune(model: nn.Module, method: str, sparsity, calib: torch.Tensor | None = None, *,
-          batch_size: int = 8, device=None, progress: bool = True, **options) -> PruneReport:
+          layers=None, batch_size: int = 8, device=None, progress: bool = True,
+          **options) -> PruneReport:
     """Prune ``model`` in place and return a :class:`PruneReport`.
 
     method:   "magnitude", "wanda" or "sparsegpt".
@@ -160,6 +161,7 @@ def prune(model: nn.Module, method: str, sparsity, calib: torch.Tensor | None = 
     calib:    LongTensor [nsamples, seqlen] (``sparselib.calibration_data``); not needed for magnitude.
     device:   where each layer is processed (default: where the model is). With "cuda" and a model on
               CPU, one decoder layer at a time is moved to the GPU with its activations.
+    layers:   indices of the decoder layers to prune (default: all); the others stay dense.
     options:  the method's own: magnitude/wanda ``per="matrix"|"row"``; sparsegpt ``blocksize``,
               ``percdamp``.
     Bad input raises ValueError/TypeError before any weight changes.
@@ -167,6 +169,13 @@ def prune(model: nn.Module, method: str, sparsity, calib: torch.Tensor | None = 
     pattern = parse_sparsity(sparsity)
     _validate(model, method, pattern, calib, options)
     spec = METHODS[method]
+    count = len(decoder_layers(model))
+    if layers is None:
+        selected = set(range(count))
+    else:
+        selected = set(layers)
+        if not selected or not all(isinstance(i, int) and 0 <= i < count for i in selected):
+            raise ValueError(f"layers must be indices in 0..{count - 1}, got {sorted(layers, key=str)}")
     report = PruneReport(method, str(pattern), dict(options))
     start = time.perf_counter()
     layers = decoder_layers(model)
@@ -176,6 +185,8 @@ def prune(model: nn.Module, method: str, sparsity, calib: torch.Tensor | None = 
         walk = ((i, layer, layer_linears(layer), {}) for i, layer in enumerate(layers))
     for index, layer, linears, stats in tqdm(walk, total=len(layers), desc=f"{method} {pattern}",
                                              disable=not progress):
+        if index not in selected:
+            continue
         for name, module in linears.items():
             t = time.perf_counter()
             W = weight_of(module)

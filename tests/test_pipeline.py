@@ -130,3 +130,12 @@ def test_unknown_method_and_option(tiny_calib):
         sparselib.prune(tiny_llama(), "random", 0.5, tiny_calib)
     with pytest.raises(TypeError, match="blocksize"):
         sparselib.prune(tiny_llama(), "wanda", 0.5, tiny_calib, blocksize=64)
+
+
+def test_only_the_selected_layers_are_pruned(tiny_calib):
+    model = tiny_llama()
+    report = sparselib.prune(model, "wanda", 0.5, tiny_calib, layers=[1], progress=False)
+    assert {r.layer for r in report.records} == {1}
+    assert all((weight_of(m) != 0).all() for m in layer_linears(decoder_layers(model)[0]).values())
+    with pytest.raises(ValueError, match="0..1"):
+        sparselib.prune(model, "wanda", 0.5, tiny_calib, layers=[2], progress=False)
