@@ -5,7 +5,7 @@
     report = sparselib.prune(model, "wanda", "2:4", calib)    # or "magnitude", "sparsegpt"; 0.5, "4:8"
     sparselib.perplexity(model, sparselib.test_data(tokenizer, max_tokens=sparselib.EVAL_TOKENS))
 """
-from .calibration import LinearStats, capture_inputs, layerwise
+from .calibration import LinearStats, capture_inputs, layerwise, module_inputs
 from .data import calibration_data, load_text, test_data
 from .eval import perplexity
 from .masks import (Pattern, is_nm, mask_for, nm_mask, nm_violations, parse_sparsity, sparsity,
@@ -29,4 +29,4 @@ from .quiz import load_quiz, show_quiz  # noqa: E402
 from .format24 import Compressed24, compress_24, decompress_24, storage_bytes  # noqa: E402
 from .semistructured import (SparseKernelsUnavailable, benchmark_linear, can_use_sparse_kernels,  # noqa: E402
                              to_semi_structured)
-from .results import load_result, provenance, save_result  # noqa: E402
+from .results import check_agreement, load_result, provenance, save_result, sweep_point  # noqa: E402

@@ -149,3 +149,18 @@ def layerwise(model: nn.Module, calib: torch.Tensor, hessian: bool = False, batc
         batches = run_layer(layer, batches)  # pruned pass: the next layer's inputs
         layer.to(home)
         del stats
+
+
+@torch.no_grad()
+def module_inputs(model: nn.Module, module: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """The inputs ``X [tokens, in]`` that ``module`` (a linear inside ``model``) sees while the model
+    reads ``ids`` — for studying one layer in isolation."""
+    seen = []
+    handle = module.register_forward_hook(lambda m, i, o: seen.append(i[0].reshape(-1, i[0].shape[-1])))
+    try:
+        model(input_ids=ids.to(next(model.parameters()).device), use_cache=False)
+    finally:
+        handle.remove()
+    if not seen:
+        raise ValueError("the module was not called during the forward pass; is it part of this model?")
+    return torch.cat(seen)

@@ -72,3 +72,25 @@ def load_result(name: str) -> dict:
         raise ValueError(f"no recorded result {name!r}; available: {available}. "
                          f"The scripts in benchmarks/ produce them.")
     return json.loads(path.read_text())
+
+
+SWEEP = "sweep_smollm2_brown"
+
+
+def sweep_point(method: str, sparsity, name: str = SWEEP, **options) -> dict:
+    """One recorded point of ``benchmarks/sweep.py`` (method, sparsity and options as in ``prune``)."""
+    points = load_result(name)["points"]
+    key = f"{method}|{sparsity}|{','.join(f'{k}={v}' for k, v in sorted(options.items()))}"
+    if key not in points:
+        raise ValueError(f"{name} has no point {key!r}; run benchmarks/sweep.py to record it")
+    return points[key]
+
+
+def check_agreement(recorded: float, measured: float, rtol: float, what: str = "perplexity") -> str:
+    """Assert that a live re-run agrees with the recorded value; return a sentence saying how well."""
+    rel = abs(measured - recorded) / abs(recorded)
+    if not rel <= rtol:
+        raise AssertionError(f"live {what} {measured:.4g} differs from the recorded {recorded:.4g} by "
+                             f"{rel:.1%} (> {rtol:.0%}): the result file is stale; re-run its benchmark script")
+    return (f"Live re-run: {what} {measured:.2f}; recorded: {recorded:.2f}; {rel:.2%} apart "
+            f"(tolerance {rtol:.0%}).")

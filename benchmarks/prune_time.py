@@ -1,0 +1,66 @@
+"""Whole-model pruning time on SmolLM2-135M (32x256 Brown calibration), next to its bound.
+
+The bound is what the reference protocol cannot avoid: two passes of the calibration batch through
+the decoder layers (dense, to gather statistics; pruned, to feed the next layer). Goals from the
+issues: Wanda <= 1.3x the bound, SparseGPT <= 1.6x. Also: SparseGPT's lazy batch update against a
+column-at-a-time update (blocksize 4) on one real layer, same result, speed printed.
+
+    .venv/bin/python benchmarks/prune_time.py
+Run it on an otherwise idle machine: the figures are wall-clock seconds.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+import sparselib
+from sparselib.calibration import capture_inputs, run_layer
+from sparselib.models import decoder_layers
+
+
+@torch.no_grad()
+def two_pass_bound(model, calib, batch_size=8):
+    device = next(model.parameters()).device
+    batches = capture_inputs(model, calib, batch_size, device)
+    start = time.perf_counter()
+    for layer in decoder_layers(model):
+        run_layer(layer, batches)
+        batches = run_layer(layer, batches)
+    return time.perf_counter() - start
+
+
+def main():
+    torch.set_grad_enabled(False)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
+    model, tok = sparselib.load_model()
+    calib = sparselib.calibration_data(tok, nsamples=32, seqlen=256)
+    dense = {k: v.clone() for k, v in model.state_dict().items()}
+    bound = two_pass_bound(model, calib)
+    print(f"bound (two forward passes of 32x256 through 30 layers): {bound:.1f} s")
+    for method, goal in (("magnitude", None), ("wanda", 1.3), ("sparsegpt", 1.6)):
+        for pattern in (0.5, "2:4"):
+            model.load_state_dict(dense)
+            report = sparselib.prune(model, method, pattern, calib, progress=False)
+            ratio = report.seconds / bound
+            goal_text = f"  (goal <= {goal}x: {'met' if ratio <= goal else 'NOT met'})" if goal else ""
+            print(f"{method:>9} {str(pattern):>4}: {report.seconds:6.1f} s = {ratio:.2f}x the bound{goal_text}")
+
+    model.load_state_dict(dense)
+    layer = decoder_layers(model)[10].mlp.down_proj
+    X = sparselib.module_inputs(model, layer, calib[:16])
+    H = 2 * X.t() @ X / 16
+    W = layer.weight.data
+    timings = {}
+    for blocksize in (4, 128):
+        start = time.perf_counter()
+        out, _ = sparselib.sparsegpt_prune(W, H, n=2, m=4, blocksize=blocksize)
+        timings[blocksize] = (time.perf_counter() - start, out)
+    same = torch.allclose(timings[4][1], timings[128][1], rtol=1e-3, atol=1e-5)
+    print(f"layer 10 down_proj {tuple(W.shape)}, 2:4: column-at-a-time {timings[4][0]:.2f} s, lazy batches of 128 "
+          f"{timings[128][0]:.2f} s -> {timings[4][0] / timings[128][0]:.1f}x faster; same result: {same}")
+
+
+if __name__ == "__main__":
+    main()
