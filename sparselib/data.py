@@ -6,6 +6,7 @@ Both are one token stream per split, as in the reference implementations.
 """
 from __future__ import annotations
 
+import weakref
 from functools import lru_cache
 from pathlib import Path
 
@@ -40,15 +41,16 @@ def load_text(dataset: str, split: str) -> str:
 
 
 def _tokens(tokenizer, dataset: str, split: str) -> torch.Tensor:
-    key = (id(tokenizer), dataset, split)
-    if key not in _TOKEN_CACHE:
+    """The split as one token stream, tokenised once per tokenizer."""
+    cache = _TOKEN_CACHE.setdefault(tokenizer, {})
+    if (dataset, split) not in cache:
         ids = tokenizer(load_text(dataset, split), add_special_tokens=False,
                         return_attention_mask=False)["input_ids"]
-        _TOKEN_CACHE[key] = torch.tensor(ids, dtype=torch.long)
-    return _TOKEN_CACHE[key]
+        cache[dataset, split] = torch.tensor(ids, dtype=torch.long)
+    return cache[dataset, split]
 
 
-_TOKEN_CACHE: dict = {}
+_TOKEN_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _check_int(name: str, value, minimum: int) -> None:
