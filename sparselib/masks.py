@@ -142,5 +142,5 @@ def nm_violations(W: torch.Tensor, n: int, m: int) -> int:
     if W.dim() != 2 or W.shape[1] % m:
         raise ValueError(f"need a 2-D matrix whose input dimension is a multiple of {m}, "
                          f"got shape {tuple(W.shape)}")
-    zeros = (W == 0).reshape(W.shape[0], -1, m).sum(-1)
+    zeros = (W == 0).reshape(W.shape[0], -1, m).to(torch.uint8).sum(-1, dtype=torch.int16)
     return int((zeros < n).sum().item())

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import sparselib
-from sparselib.semistructured import (CPU_REASON, SparseKernelsUnavailable, _compress, benchmark_linear,
-                                      can_use_sparse_kernels, shape_problem, sparse_backend,
-                                      to_semi_structured)
+from sparselib.semistructured import (CPU_REASON, SparseKernelsUnavailable, _compress, _violations,
+                                      benchmark_linear, can_use_sparse_kernels, shape_problem,
+                                      sparse_backend, to_semi_structured)
 
 from conftest import tiny_llama
 
@@ -144,6 +144,14 @@ def test_not_24_raises_with_the_violating_group_count():
     assert all(torch.equal(v, snapshot[k]) for k, v in model.state_dict().items())
 
 
+@pytest.mark.parametrize("zeros", [0.0, 0.3, 0.5, 0.7])
+def test_fast_violation_count_equals_nm_violations(zeros):
+    g = torch.Generator().manual_seed(int(zeros * 10))
+    W = torch.randn(48, 64, generator=g)
+    W[torch.rand(48, 64, generator=g) < zeros] = 0
+    assert _violations(W) == sparselib.nm_violations(W, 2, 4)
+
+
 def test_dense_model_raises_and_strict_false_does_not():
     model = tiny_llama()
     with pytest.raises(ValueError, match="not 2:4"):
@@ -200,4 +208,4 @@ def test_fp32_model_on_gpu_is_a_type_error():
 def test_benchmark_linear_computes_the_same_product():
     result = benchmark_linear(1536, 576, 64, min_run_time=0.05)
     assert result["dense_ms"] > 0 and result["sparse_ms"] > 0
-    assert result["max_abs_diff"] < 0.1  # fp16 sums of 288 products of N(0,1) values
+    assert result["max_abs_diff"] < 0.5  # a few fp16 ulps of outputs ~N(0, 288); a wrong product is off by tens
