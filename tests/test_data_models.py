@@ -77,7 +77,10 @@ def test_perplexity_text_shorter_than_a_window():
 
 
 def test_unknown_model_offline_names_the_offline_choice(monkeypatch):
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import time
     with pytest.raises(ValueError, match="smollm2-135m"):
         sparselib.load_model("no-such-org/no-such-model-xyz")
 
