@@ -17,7 +17,7 @@ import torch
 import sparselib
 
 NAME = "sweep_smollm2_brown"
-FRACTIONS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+FRACTIONS = [0.1, 0.3, 0.5, 0.6, 0.7]
 ESSENTIAL = [("magnitude", s, {}) for s in (0.5, "2:4", "4:8")] + \
     [("wanda", s, {}) for s in (0.5, "2:4", "4:8")] + \
     [("sparsegpt", s, {}) for s in (0.5, 0.6, 0.7, "2:4", "4:8")]
