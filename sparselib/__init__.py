@@ -29,4 +29,6 @@ from .quiz import load_quiz, show_quiz  # noqa: E402
 from .format24 import Compressed24, compress_24, decompress_24, storage_bytes  # noqa: E402
 from .semistructured import (SparseKernelsUnavailable, benchmark_linear, can_use_sparse_kernels,  # noqa: E402
                              to_semi_structured)
-from .results import check_agreement, load_result, provenance, save_result, sweep_point  # noqa: E402
+from .results import (check_agreement, load_result, missing, provenance, recorded, save_result,  # noqa: E402
+                      sweep_point)
+from .slicegpt import SliceReport, load_sliced, save_sliced, slice_model  # noqa: E402

@@ -94,3 +94,23 @@ def check_agreement(recorded: float, measured: float, rtol: float, what: str = "
                              f"{rel:.1%} (> {rtol:.0%}): the result file is stale; re-run its benchmark script")
     return (f"Live re-run: {what} {measured:.2f}; recorded: {recorded:.2f}; {rel:.2%} apart "
             f"(tolerance {rtol:.0%}).")
+
+
+def recorded(method: str, sparsities, name: str = SWEEP, **options) -> dict:
+    """``{sparsity: perplexity}`` for those of ``sparsities`` that the sweep has recorded.
+
+    A sweep is resumable and may be partial; chapters plot what is recorded and say what is not.
+    """
+    out = {}
+    for s in sparsities:
+        try:
+            out[s] = sweep_point(method, s, name, **options)["perplexity"]
+        except ValueError:
+            pass
+    return out
+
+
+def missing(method: str, sparsities, name: str = SWEEP, **options) -> list:
+    """The sparsities of ``method`` not recorded yet (for a chapter to say so plainly)."""
+    have = recorded(method, sparsities, name, **options)
+    return [s for s in sparsities if s not in have]
