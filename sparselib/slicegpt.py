@@ -1,0 +1,366 @@
+"""SliceGPT (Ashkboos et al., 2024): rotate the residual stream by PCA, then delete its weakest directions.
+
+Invariance: for a parameter-free RMSNorm ``n`` and an orthogonal ``Q``, ``‖xQ‖ = ‖x‖`` so
+``n(xQ) = n(x) Q``. Linears that read the stream take ``W Q``, linears that write into it ``Qᵀ W``, and
+the model computes the same function in the rotated basis. LayerNorm also subtracts the mean, which
+a rotation does not preserve; once the stream is mean-free, LayerNorm *is* RMSNorm (:func:`fuse`).
+Slicing: ``Q`` = eigenvectors of ``XᵀX`` of each residual signal, descending; keeping ``d`` columns
+keeps the ``d`` strongest directions. Each signal has its own ``Q``, so the residual adds go through
+``d × d`` shortcut matrices (:class:`SlicedLayer`).
+
+This follows the reference (microsoft/TransformerCompression), except that the embeddings are
+centred only for LayerNorm models: centring them in an RMSNorm model would change its function.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .calibration import capture_inputs
+from .eval import check_seqlen
+from .models import ADAPTERS, Adapter, adapter_for, decoder_layers, get_module
+
+log = logging.getLogger(__name__)
+FORMAT = "sparselib-slicegpt/1"
+
+
+# --------------------------------------------------------------------------------------------
+# The two modules a sliced model is made of
+# --------------------------------------------------------------------------------------------
+class RMSNorm(nn.Module):
+    """``x / sqrt(Σx²/D + eps)``, no scale (folded into the next linears). ``D`` stays the *original*
+    width after slicing: a sliced ``x`` is normalised as if its deleted coordinates were zero."""
+
+    def __init__(self, D: int, eps: float):
+        super().__init__()
+        self.D, self.eps = D, eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.to(torch.promote_types(x.dtype, torch.float32))  # at least float32, like Llama's RMSNorm
+        return (y * torch.rsqrt(y.pow(2).sum(-1, keepdim=True) / self.D + self.eps)).to(x.dtype)
+
+
+class SlicedLayer(nn.Module):
+    """A pre-norm decoder layer whose two residual adds go through shortcut matrices:
+
+        h   = x S_attn + attention(norm₁(x))      x [.., d_in] → h [.., d_mid]
+        out = h S_mlp  + mlp(norm₂(h))            h [.., d_mid] → out [.., d_out]
+
+    ``layer`` is the original Hugging Face layer (its linears, rotated and sliced in place).
+    """
+
+    def __init__(self, layer: nn.Module, adapter: Adapter, S_attn: torch.Tensor, S_mlp: torch.Tensor):
+        super().__init__()
+        self.layer, self.adapter = layer, adapter
+        self.attn_shortcut, self.mlp_shortcut = nn.Parameter(S_attn), nn.Parameter(S_mlp)
+
+    def attention(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        attn = get_module(self.layer, self.adapter.attn_output.rpartition(".")[0])
+        return x @ self.attn_shortcut + attn(hidden_states=self.norm(0)(x), **kwargs)[0]
+
+    def norm(self, i: int) -> nn.Module:
+        return get_module(self.layer, self.adapter.norms[i])
+
+    def mlp(self, h: torch.Tensor) -> torch.Tensor:
+        y = self.norm(1)(h)
+        for name in self.adapter.mlp:
+            y = get_module(self.layer, name)(y)
+        return h @ self.mlp_shortcut + y
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self.mlp(self.attention(hidden_states, **kwargs))
+
+
+# --------------------------------------------------------------------------------------------
+# Step 1, fusion: the same function with parameter-free norms. Weight algebra in float64.
+# --------------------------------------------------------------------------------------------
+def _store(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Set ``module.<name>`` to ``value`` in the module's dtype; keep its size attributes honest."""
+    old = getattr(module, name, None)
+    setattr(module, name, nn.Parameter(value.to((old if old is not None else module.weight).dtype)))
+    for attr, size in (("in_features", -1), ("out_features", 0), ("embedding_dim", -1)):
+        if name == "weight" and hasattr(module, attr):
+            setattr(module, attr, value.shape[size])
+
+
+def rotate_inputs(module: nn.Module, Q: torch.Tensor) -> None:
+    """``W ← W Q`` for a linear ``W [out, in]`` or an embedding table ``[vocab, D]``; ``Q [in, d]``."""
+    _store(module, "weight", module.weight.double() @ Q)
+
+
+def rotate_outputs(module: nn.Linear, Q: torch.Tensor) -> None:
+    """``W ← Qᵀ W``, ``b ← Qᵀ b`` for a linear writing into the residual stream; ``Q [out, d]``."""
+    _store(module, "weight", Q.T @ module.weight.double())
+    if module.bias is not None:
+        _store(module, "bias", Q.T @ module.bias.double())
+
+
+def _fold_norm(norm: nn.Module, linears) -> None:
+    """``norm(x) = n(x)·γ + β`` feeds ``W``: a bare ``n`` feeding ``W diag(γ)``, bias ``b + Wβ``."""
+    gamma, beta = getattr(norm, "weight", None), getattr(norm, "bias", None)
+    for lin in linears:
+        W = lin.weight.double()
+        if beta is not None:
+            b = lin.bias.double() if lin.bias is not None else torch.zeros_like(W[:, 0])
+            _store(lin, "bias", b + W @ beta.double())
+        if gamma is not None:
+            _store(lin, "weight", W * gamma.double())
+
+
+def _parts(root: nn.Module, paths) -> list:
+    return [get_module(root, p) for p in paths]
+
+
+def _replace_norm(root: nn.Module, path: str, D: int) -> None:
+    norm = get_module(root, path)
+    eps = float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-6)))
+    parent, _, name = path.rpartition(".")
+    setattr(get_module(root, parent) if parent else root, name, RMSNorm(D, eps))
+
+
+def _tables(model) -> list[nn.Embedding]:
+    return [m for m in _parts(model, adapter_for(model).embeddings) if isinstance(m, nn.Embedding)]
+
+
+def _untie(model) -> nn.Module:
+    """Give ``lm_head`` its own weight: the embedding and the head will be rotated differently.
+    When they were tied this costs ``vocab × D`` parameters."""
+    head = model.get_output_embeddings()
+    if head.weight is model.get_input_embeddings().weight:
+        head.weight = nn.Parameter(head.weight.detach().clone())
+    model.config.tie_word_embeddings = False
+    return head
+
+
+def restructure(model) -> None:
+    """Untie the head, put parameter-free RMSNorms in place of the norms, wrap each layer with
+    identity shortcuts. Keeps the function only once the norms are folded: use :func:`fuse`."""
+    adapter, D, W = adapter_for(model), model.config.hidden_size, _untie(model).weight
+    layers = decoder_layers(model)
+    for i, layer in enumerate(layers):
+        for path in adapter.norms:
+            _replace_norm(layer, path, D)
+        I = torch.eye(D, dtype=W.dtype, device=W.device)
+        layers[i] = SlicedLayer(layer, adapter, I, I.clone())
+    _replace_norm(model, adapter.final_norm, D)
+
+
+@torch.no_grad()
+def fuse(model) -> None:
+    """Fold every norm's γ (and β) into the linears that read it; for LayerNorm models also make
+    the residual stream mean-free (embeddings and the linears writing into it), so that LayerNorm
+    equals RMSNorm. Then :func:`restructure`. The model computes the same function (in place)."""
+    adapter, head, layers = adapter_for(model), _untie(model), decoder_layers(model)
+    layernorm = isinstance(get_module(layers[0], adapter.norms[0]), nn.LayerNorm)
+    for table in _tables(model) if layernorm else []:
+        _store(table, "weight", table.weight.double() - table.weight.double().mean(-1, keepdim=True))
+    for layer in layers:
+        _fold_norm(get_module(layer, adapter.norms[0]), _parts(layer, adapter.attn_inputs))
+        _fold_norm(get_module(layer, adapter.norms[1]), _parts(layer, adapter.mlp_inputs))
+        for lin in _parts(layer, (adapter.attn_output, adapter.mlp_output)) if layernorm else []:
+            W = lin.weight.double()  # subtract the column mean: outputs become mean-free
+            _store(lin, "weight", W - W.mean(0, keepdim=True))
+            if lin.bias is not None:
+                _store(lin, "bias", lin.bias.double() - lin.bias.double().mean())
+    _fold_norm(get_module(model, adapter.final_norm), [head])
+    restructure(model)
+
+
+# --------------------------------------------------------------------------------------------
+# PCA, and the layer-by-layer rotate-and-slice
+# --------------------------------------------------------------------------------------------
+@torch.no_grad()
+def pca(signals: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (descending, undamped) and eigenvectors ``Q`` (columns) of ``Σ XᵀX``, in float64.
+    ``signals``: tensors ``[..., D]``; every position counts (calibration windows have no padding)."""
+    H = 0
+    for X in signals:
+        X = X.reshape(-1, X.shape[-1]).double()
+        H = H + X.T @ X
+    damp = 0.01 * H.diagonal().mean()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a D×D eigh is sync-heavy: on a busy 2-core CPU, 2 threads took 0.2-12 s
+    try:                      # where 1 thread takes 0.07 s
+        eig, Q = torch.linalg.eigh(H + damp * torch.eye(H.shape[0], dtype=H.dtype, device=H.device))
+    finally:
+        torch.set_num_threads(threads)
+    order = torch.argsort(eig, descending=True)
+    return eig[order] - damp, Q[:, order]
+
+
+@dataclass
+class SliceReport:
+    """What :func:`slice_model` did. ``spectra[name]``: eigenvalues of each signal it rotated
+    ("embeddings", "layer 3 mid", "layer 3 out", ...), descending."""
+
+    sparsity: float
+    hidden_size: int  # D
+    dim: int          # d, the kept width of the residual stream
+    params_before: int
+    params_after: int
+    seconds: float = 0.0
+    spectra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def kept_energy(self, name: str) -> float:
+        """Fraction of the signal's energy Σλ in its first ``dim`` directions."""
+        eig = self.spectra[name].clamp_min(0)
+        return float(eig[: self.dim].sum() / eig.sum())
+
+    def __str__(self) -> str:
+        return (f"SliceGPT {self.sparsity:.0%}: residual width {self.hidden_size} -> {self.dim}; "
+                f"parameters {self.params_before:,} -> {self.params_after:,}; {self.seconds:.1f} s")
+
+
+def kept_dim(D: int, sparsity: float) -> int:
+    """The kept width: ``int((1 - s)·D)`` rounded down to a multiple of 8 (``D`` itself when s = 0)."""
+    return D if sparsity == 0 else int((1 - sparsity) * D) // 8 * 8
+
+
+def _validate(model, calib, sparsity, batch_size) -> int:
+    """Every check before the first change; returns the kept width ``d``."""
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
+        raise TypeError(f"sparsity must be a number in [0, 1) such as 0.25, not {sparsity!r}")
+    if not 0 <= sparsity < 1:
+        raise ValueError(f"sparsity is the fraction of the hidden size to delete and must be in [0, 1); "
+                         f"got {sparsity}. Use e.g. sparsity=0.25")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    config = model.config
+    if adapter_for(model).norms is None or (config.model_type == "opt" and not config.do_layer_norm_before):
+        raise ValueError(f"SliceGPT supports pre-LN models of type {', '.join(k for k in sorted(ADAPTERS) if ADAPTERS[k].norms)} "
+                         f"(not post-LN OPT-350M); for {config.model_type!r}, add its layer parts to sparselib.models.ADAPTERS")
+    if isinstance(decoder_layers(model)[0], SlicedLayer):
+        raise ValueError("this model is already sliced; slice the dense model once (reload it, "
+                         "e.g. sparselib.load_model()), with the sparsity you want")
+    if getattr(config, "word_embed_proj_dim", config.hidden_size) != config.hidden_size:
+        raise ValueError("SliceGPT needs word_embed_proj_dim == hidden_size (no project_in/out)")
+    D, d = config.hidden_size, kept_dim(config.hidden_size, sparsity)
+    if d == 0:
+        raise ValueError(f"sparsity={sparsity} keeps {int((1 - sparsity) * D)} of {D} dimensions, which "
+                         f"rounds down to 0 (multiples of 8); use sparsity <= {1 - 8 / D:.3f}")
+    if not isinstance(calib, torch.Tensor) or calib.dtype != torch.long or calib.dim() != 2 or calib.numel() == 0:
+        raise TypeError("calib must be a non-empty LongTensor [nsamples, seqlen] of token ids, "
+                        "e.g. sparselib.calibration_data(tokenizer)")
+    check_seqlen(model, calib.shape[1])
+    if int(calib.max()) >= config.vocab_size or int(calib.min()) < 0:
+        raise ValueError(f"calib holds token ids outside [0, {config.vocab_size}); tokenize with this model's tokenizer")
+    return d
+
+
+@torch.no_grad()
+def slice_model(model, calib: torch.Tensor, sparsity: float = 0.25, batch_size: int = 8, *,
+                slice_head: bool = False, progress: bool = True) -> SliceReport:
+    """Rotate and slice ``model`` in place; return a :class:`SliceReport`.
+
+    sparsity:   fraction of the hidden size ``D`` to delete; the kept width ``d`` is
+                :func:`kept_dim`. ``sparsity=0`` rotates without slicing (same function).
+    calib:      LongTensor [nsamples, seqlen] (``sparselib.calibration_data``).
+    slice_head: also slice the last layer's output and ``lm_head`` (the reference's default: no).
+    Bad input raises ValueError/TypeError before anything changes.
+    """
+    d = _validate(model, calib, sparsity, batch_size)
+    adapter, D, dtype = adapter_for(model), model.config.hidden_size, model.get_output_embeddings().weight.dtype
+    report = SliceReport(sparsity, D, d, sum(p.numel() for p in model.parameters()), 0)
+    start = time.perf_counter()
+    fuse(model)                                                        # 1. fusion
+    device = model.get_output_embeddings().weight.device
+    batches = capture_inputs(model, calib, batch_size, device)         # 2. inputs of layer 0
+    eig, Q = pca([x for x, _ in batches])
+    report.spectra["embeddings"] = eig
+    for table in _tables(model):
+        rotate_inputs(table, Q[:, :d])
+    batches = [(x @ Q[:, :d].to(dtype), kw) for x, kw in batches]
+    layers = decoder_layers(model)
+    for i, layer in enumerate(tqdm(layers, desc=f"SliceGPT {sparsity:.0%}", disable=not progress)):
+        d_out = D if i == len(layers) - 1 and not slice_head else d     # 3. per layer
+        for lin in _parts(layer.layer, adapter.attn_inputs):           # attention reads x in basis Q
+            rotate_inputs(lin, Q[:, :d])
+        layer.attn_shortcut.data = Q[:, :d].T.to(dtype)                 # x back to the unrotated frame
+        mids = [layer.attention(x, **kw) for x, kw in batches]          # the second norm's input
+        eig, Q_mid = pca(mids)
+        report.spectra[f"layer {i} mid"] = eig
+        rotate_outputs(get_module(layer.layer, adapter.attn_output), Q_mid[:, :d])
+        for lin in _parts(layer.layer, adapter.mlp_inputs):
+            rotate_inputs(lin, Q_mid[:, :d])
+        layer.attn_shortcut.data = (Q[:, :d].T @ Q_mid[:, :d]).to(dtype)
+        layer.mlp_shortcut.data = Q_mid[:, :d].T.to(dtype)
+        outs = [layer.mlp(h @ Q_mid[:, :d].to(dtype)) for h in mids]  # = the rotated layer's mids
+        eig, Q = pca(outs)
+        report.spectra[f"layer {i} out"] = eig
+        rotate_outputs(get_module(layer.layer, adapter.mlp_output), Q[:, :d_out])
+        layer.mlp_shortcut.data = (Q_mid[:, :d].T @ Q[:, :d_out]).to(dtype)
+        batches = [(y @ Q[:, :d_out].to(dtype), kw) for y, (_, kw) in zip(outs, batches)]
+    rotate_inputs(model.get_output_embeddings(), Q[:, :d_out])       # the head reads the last basis
+    report.seconds = time.perf_counter() - start
+    report.params_after = sum(p.numel() for p in model.parameters())
+    log.info("%s", report)
+    return report
+
+
+def matmul_weights(model) -> int:
+    """Weights each token is multiplied by in a forward pass: every ``nn.Linear`` plus the
+    shortcut matrices (embedding lookups are free). Forward FLOPs ≈ 2 × this per token, plus the
+    attention scores, which slicing does not change."""
+    total = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    return total + sum(p.numel() for n, p in model.named_parameters() if n.endswith("_shortcut"))
+
+
+# --------------------------------------------------------------------------------------------
+# Save and load (our own format: the Hugging Face config, safetensors weights, slicing.json)
+# --------------------------------------------------------------------------------------------
+def save_sliced(model, path, overwrite: bool = False) -> Path:
+    """Write a sliced model to the directory ``path``: config.json, model.safetensors, slicing.json.
+    Written in a temporary directory, then moved into place with ``os.replace``. Read it back with
+    :func:`load_sliced` (``from_pretrained`` cannot: the shapes differ from the config's)."""
+    from safetensors.torch import save_file
+
+    layers, path = decoder_layers(model), Path(path)
+    if not isinstance(layers[0], SlicedLayer):
+        raise ValueError("save_sliced saves a model returned by slice_model; save a dense one with save_pretrained")
+    if path.exists() and not overwrite:
+        raise ValueError(f"{path} exists; pass overwrite=True or choose a new directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))  # scratch, removed below
+    try:
+        model.config.save_pretrained(tmp / "new")
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
+                  tmp / "new" / "model.safetensors", metadata={"format": "pt"})
+        info = {"format": FORMAT, "model_type": model.config.model_type, "hidden_size": model.config.hidden_size,
+                "shortcuts": [[list(l.attn_shortcut.shape), list(l.mlp_shortcut.shape)] for l in layers]}
+        (tmp / "new" / "slicing.json").write_text(json.dumps(info))
+        if path.exists():
+            os.replace(path, tmp / "old")
+        os.replace(tmp / "new", path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def load_sliced(path, device=None):
+    """Load a model written by :func:`save_sliced`, in eval mode."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path(path)
+    if not (path / "slicing.json").exists() or json.loads((path / "slicing.json").read_text())["format"] != FORMAT:
+        raise ValueError(f"{path} holds no {FORMAT} slicing.json; pass a directory written by save_sliced")
+    state = load_file(path / "model.safetensors")
+    dtype = next(iter(state.values())).dtype
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype)
+    restructure(model)  # the sliced structure; the shapes come with the tensors
+    for name, tensor in state.items():
+        module_path, _, attr = name.rpartition(".")
+        _store(get_module(model, module_path), attr, tensor)
+    if set(model.state_dict()) != set(state):
+        raise ValueError(f"{path}: the weights do not match the config ({sorted(set(state) ^ set(model.state_dict()))[:3]})")
+    return model.to(device or "cpu").eval()
