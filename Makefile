@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-CI_DIR := _build/ci-book
+CI_DIR := .ci-book  # not under _build/: nbmake skips notebooks below a _build folder
 
 .PHONY: setup book test unit notebooks clean
 
