@@ -4,7 +4,8 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-CI_DIR := .ci-book  # not under _build/: nbmake skips notebooks below a _build folder
+# not under _build/: nbmake skips notebooks below a _build folder
+CI_DIR := .ci-book
 
 .PHONY: setup book test unit notebooks clean
 
