@@ -7,10 +7,11 @@
 
 Forward speed: the same token batch through the dense and the sliced models, alternating them so
 that a busy machine slows all alike; median of the repeats, as wall time and as process CPU time.
-Timed with all cores and with one thread: on a shared machine, two threads that wait for each other
-at every matrix product slow down far more than one (see the load average recorded with each run). The "ideal" ratio counts the weights each
-token is multiplied by (every Linear and shortcut). The reference leaves the head unsliced;
-"sliced+head" also slices the last layer's output and lm_head.
+Timed with all cores and with one thread, with the load average recorded for each run. On a shared
+machine, OpenMP threads that spin while they wait for each other can make two threads slower than
+one (measured here: 3-5 s against 1.9 s for the same pass); run with OMP_WAIT_POLICY=PASSIVE there.
+The "ideal" ratio counts the weights each token is multiplied by (every Linear and shortcut). The
+reference leaves the head unsliced; "sliced+head" also slices the last layer's output and lm_head.
 """
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ def measure_speed(dense, calib, ids, repeats: int, threads: list[int]) -> tuple[
              "naive_ratio": round(1 / (1 - SPEED_LEVEL), 3),
              "ideal_matmul_ratio": {n: round(matmul_weights(dense) / matmul_weights(models[n]), 3) for n in reports},
              "slice_seconds": {n: round(r.seconds, 1) for n, r in reports.items()},
-             "params": {n: r.params_after for n, r in reports.items()}, "runs": []}
+             "params": {n: r.params_after for n, r in reports.items()},
+             "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "runs": []}
     for n in threads:
         load = os.getloadavg()[0]
         run = {"threads": n, "load_average": round(load, 2), **forward_times(models, ids, repeats, n)}

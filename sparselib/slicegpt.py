@@ -237,8 +237,9 @@ def _validate(model, calib, sparsity, batch_size) -> int:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     config = model.config
     if adapter_for(model).norms is None or (config.model_type == "opt" and not config.do_layer_norm_before):
-        raise ValueError(f"SliceGPT supports pre-LN models of type {', '.join(k for k in sorted(ADAPTERS) if ADAPTERS[k].norms)} "
-                         f"(not post-LN OPT-350M); for {config.model_type!r}, add its layer parts to sparselib.models.ADAPTERS")
+        supported = ", ".join(k for k in sorted(ADAPTERS) if ADAPTERS[k].norms)
+        raise ValueError(f"SliceGPT supports pre-LN models of type {supported} (not post-LN OPT-350M); "
+                         f"for {config.model_type!r}, add its layer parts to sparselib.models.ADAPTERS")
     if isinstance(decoder_layers(model)[0], SlicedLayer):
         raise ValueError("this model is already sliced; slice the dense model once (reload it, "
                          "e.g. sparselib.load_model()), with the sparsity you want")
@@ -253,7 +254,8 @@ def _validate(model, calib, sparsity, batch_size) -> int:
                         "e.g. sparselib.calibration_data(tokenizer)")
     check_seqlen(model, calib.shape[1])
     if int(calib.max()) >= config.vocab_size or int(calib.min()) < 0:
-        raise ValueError(f"calib holds token ids outside [0, {config.vocab_size}); tokenize with this model's tokenizer")
+        raise ValueError(f"calib holds token ids outside [0, {config.vocab_size}); "
+                         f"tokenize with this model's tokenizer")
     return d
 
 
@@ -269,6 +271,7 @@ def slice_model(model, calib: torch.Tensor, sparsity: float = 0.25, batch_size: 
     Bad input raises ValueError/TypeError before anything changes.
     """
     d = _validate(model, calib, sparsity, batch_size)
+    model.eval()  # no dropout while the signals are measured
     adapter, D, dtype = adapter_for(model), model.config.hidden_size, model.get_output_embeddings().weight.dtype
     report = SliceReport(sparsity, D, d, sum(p.numel() for p in model.parameters()), 0)
     start = time.perf_counter()
@@ -362,5 +365,6 @@ def load_sliced(path, device=None):
         module_path, _, attr = name.rpartition(".")
         _store(get_module(model, module_path), attr, tensor)
     if set(model.state_dict()) != set(state):
-        raise ValueError(f"{path}: the weights do not match the config ({sorted(set(state) ^ set(model.state_dict()))[:3]})")
+        odd = sorted(set(state) ^ set(model.state_dict()))[:3]
+        raise ValueError(f"{path}: the weights do not match the config ({odd} ...)")
     return model.to(device or "cpu").eval()
