@@ -14,7 +14,7 @@ from .models import (ADAPTERS, OFFLINE_MODEL, adapter_for, decoder_layers, layer
                      weight_of)
 from .prune import METHODS, PruneReport, model_sparsity, prune
 from .scores import input_norms, magnitude_scores, wanda_scores
-from .sparsegpt import sparsegpt_prune
+from .sparsegpt import sparsegpt_prune, sparsegpt_prune_shared
 
 __version__ = "0.1.0"
 

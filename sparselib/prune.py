@@ -21,7 +21,7 @@ from .eval import check_seqlen
 from .masks import Pattern, mask_for, parse_sparsity
 from .models import adapter_for, decoder_layers, layer_linears, set_weight, weight_of
 from .scores import magnitude_scores, wanda_scores
-from .sparsegpt import sparsegpt_prune
+from .sparsegpt import sparsegpt_prune_shared
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +37,11 @@ def _wanda(W: torch.Tensor, stats: LinearStats, pattern: Pattern, per: str = "ro
     return W * mask_for(wanda_scores(W, stats.norms), pattern, per=per)
 
 
-def _sparsegpt(W: torch.Tensor, stats: LinearStats, pattern: Pattern, blocksize: int = 128,
+def _sparsegpt(Ws: list[torch.Tensor], stats: LinearStats, pattern: Pattern, blocksize: int = 128,
                percdamp: float = 0.01):
-    if pattern.is_nm:
-        return sparsegpt_prune(W, stats.H, n=pattern.n, m=pattern.m, blocksize=blocksize,
-                               percdamp=percdamp)[0]
-    return sparsegpt_prune(W, stats.H, sparsity=pattern.sparsity, blocksize=blocksize,
-                           percdamp=percdamp)[0]
+    # takes every linear that reads the same input at once: they share H (see sparsegpt_prune_shared)
+    nm = dict(n=pattern.n, m=pattern.m) if pattern.is_nm else dict(sparsity=pattern.sparsity)
+    return [W for W, _ in sparsegpt_prune_shared(Ws, stats.H, blocksize=blocksize, percdamp=percdamp, **nm)]
 
 
 @dataclass(frozen=True)
@@ -52,12 +50,14 @@ class Method:
     calibration: bool  # needs calibration data
     hessian: bool      # needs H = 2XᵀX (not just the per-channel norms)
     options: tuple[str, ...]
+    shared: bool = False  # fn takes a list of the linears that read one input, returns a list
 
 
 METHODS: dict[str, Method] = {
     "magnitude": Method(_magnitude, calibration=False, hessian=False, options=("per",)),
     "wanda": Method(_wanda, calibration=True, hessian=False, options=("per",)),
-    "sparsegpt": Method(_sparsegpt, calibration=True, hessian=True, options=("blocksize", "percdamp")),
+    "sparsegpt": Method(_sparsegpt, calibration=True, hessian=True, options=("blocksize", "percdamp"),
+                        shared=True),
 }
 
 
@@ -187,16 +187,34 @@ def prune(model: nn.Module, method: str, sparsity, calib: torch.Tensor | None = 
                                              disable=not progress):
         if index not in selected:
             continue
-        for name, module in linears.items():
+        for names in _groups(linears, stats, spec.shared):
             t = time.perf_counter()
-            W = weight_of(module)
-            W_new = spec.fn(W.to(device) if device is not None else W, stats.get(name), pattern, **options)
-            set_weight(module, W_new)
-            s = (weight_of(module) == 0).sum().item() / W.numel()
-            report.records.append(LinearRecord(index, name, tuple(W.shape), s, time.perf_counter() - t))
+            Ws = [weight_of(linears[name]) for name in names]
+            if device is not None:
+                Ws = [W.to(device) for W in Ws]
+            if spec.shared:
+                new = spec.fn(Ws, stats[names[0]], pattern, **options)
+            else:
+                new = [spec.fn(Ws[0], stats.get(names[0]), pattern, **options)]
+            seconds = (time.perf_counter() - t) / sum(W.numel() for W in Ws)  # shared time, by size
+            for name, W, W_new in zip(names, Ws, new):
+                set_weight(linears[name], W_new)
+                s = (weight_of(linears[name]) == 0).sum().item() / W.numel()
+                report.records.append(LinearRecord(index, name, tuple(W.shape), s, seconds * W.numel()))
     report.seconds = time.perf_counter() - start
     log.info("%s %s: %.2f%% zeros in %.1f s", method, pattern, 100 * report.sparsity, report.seconds)
     return report
+
+
+def _groups(linears: dict, stats: dict, shared: bool) -> list[list[str]]:
+    """The linears' names, grouped by the statistics they share (q/k/v, gate/up) when ``shared``,
+    else one by one; in the layer's order."""
+    if not shared:
+        return [[name] for name in linears]
+    groups: dict[int, list[str]] = {}
+    for name in linears:
+        groups.setdefault(id(stats[name]), []).append(name)
+    return list(groups.values())
 
 
 def model_sparsity(model: nn.Module) -> float:

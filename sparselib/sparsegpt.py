@@ -77,6 +77,52 @@ def inverse_hessian_factor(H: torch.Tensor, percdamp: float = 0.01, retries: int
                      f"calibration data (too few tokens?) or raise percdamp")
 
 
+def _column_loop(WT: torch.Tensor, U: torch.Tensor, groups: list[int], sparsity, n, m,
+                 blocksize: int) -> torch.Tensor:
+    """SparseGPT's column sweep, in place on ``WT = Wᵀ [in, out]`` (columns of W are contiguous rows
+    here, so each step touches contiguous memory). ``groups``: row counts of the weight matrices
+    stacked in ``W`` — they share ``H`` and hence ``U``; unstructured masks are chosen per matrix.
+    Returns the prune mask, transposed like ``WT``."""
+    cols = WT.shape[0]
+    pruneT = torch.zeros_like(WT, dtype=torch.bool)
+    edges = [0]
+    for g in groups:
+        edges.append(edges[-1] + g)
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        W1, P1, U1 = WT[i1:i2], pruneT[i1:i2], U[i1:i2, i1:i2]  # views: [B, out], [B, out], [B, B]
+        d = U1.diagonal()
+        if sparsity is not None:  # adaptive mask of the whole block, one threshold per matrix
+            scores = W1.pow(2) / d.pow(2)[:, None]
+            for r0, r1 in zip(edges, edges[1:]):
+                k = int((r1 - r0) * (i2 - i1) * sparsity)
+                if k:
+                    flat = torch.zeros((r1 - r0) * (i2 - i1), dtype=torch.bool, device=WT.device)
+                    flat[torch.sort(scores[:, r0:r1].t().flatten(), stable=True).indices[:k]] = True
+                    P1[:, r0:r1] = flat.view(r1 - r0, i2 - i1).t()
+        scale = P1 / d[:, None]           # 1/U_ii where pruned, 0 where kept
+        E1 = torch.empty_like(W1)         # OBS errors of the block, one row per column of W
+        for i in range(i2 - i1):
+            if sparsity is None and i % m == 0:  # N:M mask of the next m columns, per row of W
+                s = W1[i:i + m].pow(2) / d[i:i + m, None].pow(2)
+                P1[i:i + m].scatter_(0, torch.topk(s, n, dim=0, largest=False).indices, True)
+                scale[i:i + m] = P1[i:i + m] / d[i:i + m, None]
+            # OBS for column i: err = (w - q) / U_ii with q = w with its pruned entries zeroed; the
+            # rest of the block moves by -U[i, i:] ⊗ err (which also turns w into q at column i).
+            torch.mul(W1[i], scale[i], out=E1[i])
+            W1[i:].addr_(U1[i, i:], E1[i], alpha=-1)
+        WT[i2:].addmm_(U[i1:i2, i2:].t(), E1, alpha=-1)  # lazy batch update of all later columns
+    return pruneT
+
+
+def _prepare(W, H, percdamp):
+    """Float32 copies (inputs stay untouched), dead inputs handled, ``U`` factorised."""
+    H = H.detach().float().clone()
+    dead = torch.diag(H) == 0  # inputs that never fire: nothing to reconstruct
+    H[dead, dead] = 1
+    return dead, inverse_hessian_factor(H, percdamp)
+
+
 @torch.no_grad()
 def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float | None = None,
                     n: int | None = None, m: int | None = None, blocksize: int = 128,
@@ -89,42 +135,31 @@ def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float | None = N
     N:M (``n``, ``m``): at every m-th column, each row prunes the n lowest scores of the next m.
     Inputs are not modified; the result has ``W``'s dtype and device.
     """
-    _check(W, H, sparsity, n, m, blocksize, percdamp)
-    dtype = W.dtype
-    W = W.detach().float().clone()
-    H = H.detach().float().clone()
-    rows, cols = W.shape
+    return sparsegpt_prune_shared([W], H, sparsity, n, m, blocksize, percdamp)[0]
 
-    dead = torch.diag(H) == 0  # inputs that never fire: nothing to reconstruct
-    H[dead, dead] = 1
-    W[:, dead] = 0
-    U = inverse_hessian_factor(H, percdamp)
 
-    prune = torch.zeros_like(W, dtype=torch.bool)
-    for i1 in range(0, cols, blocksize):
-        i2 = min(i1 + blocksize, cols)
-        W1 = W[:, i1:i2].clone()
-        U1 = U[i1:i2, i1:i2]
-        d = torch.diag(U1)
-        Err1 = torch.zeros_like(W1)
-        prune1 = torch.zeros_like(W1, dtype=torch.bool)
-        if sparsity is not None:  # adaptive mask of the whole block, one threshold over all rows
-            k = int(W1.numel() * sparsity)
-            if k:
-                scores = (W1.pow(2) / d.pow(2)).flatten()
-                prune1.view(-1)[torch.sort(scores, stable=True).indices[:k]] = True
-        for i in range(i2 - i1):
-            if sparsity is None and i % m == 0:  # N:M mask of the next m columns, per row
-                scores = W1[:, i:i + m].pow(2) / d[i:i + m].pow(2)
-                prune1.scatter_(1, i + torch.topk(scores, n, dim=1, largest=False).indices, True)
-            # OBS for column i: err = (w - q) / U_ii with q = w with its pruned entries zeroed; the
-            # rest of the block moves by -err ⊗ U[i, i:] (which also turns w into q at column i).
-            err = W1[:, i] * prune1[:, i] / d[i]
-            W1[:, i:].addr_(err, U1[i, i:], alpha=-1)
-            Err1[:, i] = err
-        W[:, i1:i2] = W1
-        prune[:, i1:i2] = prune1
-        W[:, i2:].sub_(Err1 @ U[i1:i2, i2:])  # lazy batch update of all later columns
-    keep = ~prune
-    W[prune] = 0
-    return W.to(dtype), keep
+@torch.no_grad()
+def sparsegpt_prune_shared(Ws: list[torch.Tensor], H: torch.Tensor, sparsity: float | None = None,
+                           n: int | None = None, m: int | None = None, blocksize: int = 128,
+                           percdamp: float = 0.01) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`sparsegpt_prune` for several matrices that read the same input (q/k/v, gate/up).
+
+    Rows are independent and share ``H``, so the matrices are stacked row-wise and swept together:
+    one factorisation, one column loop. Each matrix keeps its own unstructured threshold, so the
+    result equals separate calls (up to float rounding). Returns ``[(W_pruned, keep), ...]``.
+    """
+    if not isinstance(Ws, (list, tuple)) or not Ws:
+        raise ValueError("Ws must be a non-empty list of weight matrices that read the same input")
+    for W in Ws:
+        _check(W, H, sparsity, n, m, blocksize, percdamp)
+    dead, U = _prepare(Ws[0], H, percdamp)
+    WT = torch.cat([W.detach().float().t() for W in Ws], dim=1).contiguous()  # [in, Σ out], a copy
+    WT[dead] = 0
+    pruneT = _column_loop(WT, U, [W.shape[0] for W in Ws], sparsity, n, m, blocksize)
+    WT[pruneT] = 0
+    out, r0 = [], 0
+    for W in Ws:
+        r1 = r0 + W.shape[0]
+        out.append((WT[:, r0:r1].t().contiguous().to(W.dtype), ~pruneT[:, r0:r1].t().contiguous()))
+        r0 = r1
+    return out

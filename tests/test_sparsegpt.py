@@ -5,7 +5,7 @@ import torch
 
 from sparselib.masks import is_nm, nm_mask, unstructured_mask
 from sparselib.scores import input_norms, wanda_scores
-from sparselib.sparsegpt import inverse_hessian_factor, sparsegpt_prune
+from sparselib.sparsegpt import inverse_hessian_factor, sparsegpt_prune, sparsegpt_prune_shared
 
 
 def correlated_problem(seed=0, rows=48, cols=128, tokens=1024):
@@ -152,3 +152,28 @@ def test_cholesky_and_lazy_batches_equal_textbook_sequential_obs(pattern):
     W_hat, keep = sparsegpt_prune(W.double(), H.double(), blocksize=32, **pattern)
     assert torch.equal(keep, keep_ref)
     assert torch.allclose(W_hat, W_ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("pattern", [{"sparsity": 0.5}, {"n": 2, "m": 4}])
+def test_shared_sweep_equals_separate_calls(pattern):
+    """q/k/v read one input: one stacked sweep gives each matrix what its own call gives, including
+    its own unstructured threshold per block (not one threshold over the stack)."""
+    _, _, H = correlated_problem(3)
+    g = torch.Generator().manual_seed(3)
+    Ws = [torch.randn(48, 128, generator=g), 5 * torch.randn(16, 128, generator=g), torch.randn(16, 128, generator=g)]
+    copies = [W.clone() for W in Ws]
+    shared = sparsegpt_prune_shared(Ws, H, blocksize=32, **pattern)
+    for W, W0, (W_s, keep_s) in zip(Ws, copies, shared):
+        W_1, keep_1 = sparsegpt_prune(W, H, blocksize=32, **pattern)
+        assert torch.equal(keep_s, keep_1)
+        torch.testing.assert_close(W_s, W_1, rtol=1e-4, atol=1e-5)
+        assert (W_s == 0).sum() == W.numel() // 2          # exact per matrix, though the scales differ
+        assert torch.equal(W, W0)                           # inputs untouched
+
+
+def test_shared_sweep_rejects_bad_input():
+    _, _, H = correlated_problem(4)
+    with pytest.raises(ValueError, match="non-empty list"):
+        sparsegpt_prune_shared([], H, sparsity=0.5)
+    with pytest.raises(ValueError, match="H must be"):
+        sparsegpt_prune_shared([torch.randn(8, 128), torch.randn(8, 64)], H, sparsity=0.5)
