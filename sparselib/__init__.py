@@ -7,6 +7,7 @@
 """
 from .calibration import LinearStats, capture_inputs, layerwise, module_inputs
 from .data import calibration_data, load_text, test_data
+from . import exercises
 from .eval import perplexity
 from .masks import (Pattern, is_nm, mask_for, nm_mask, nm_violations, parse_sparsity, sparsity,
                     structured_mask, unstructured_mask)
@@ -32,3 +33,5 @@ from .semistructured import (SparseKernelsUnavailable, benchmark_linear, can_use
 from .results import (check_agreement, load_result, missing, provenance, recorded, save_result,  # noqa: E402
                       sweep_point)
 from .slicegpt import SliceReport, load_sliced, save_sliced, slice_model  # noqa: E402
+from .viz import (outlier_channels, row_errors, seed_example, visualizer_data, visualizer_html,  # noqa: E402
+                  visualizer_widget)
