@@ -10,7 +10,9 @@ skipped unless ``--redo``; ``--only METHOD`` runs one method.
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from datetime import datetime, timezone
 
 import torch
 
@@ -40,12 +42,14 @@ def key(method, sparsity, options):
 
 def run_point(model, dense_state, calib, test, method, sparsity, options):
     model.load_state_dict(dense_state)
+    load = os.getloadavg()[0]  # timings are wall-clock: say how busy the machine was
     report = sparselib.prune(model, method, sparsity, calib, progress=False, **options)
     t = time.perf_counter()
     ppl = sparselib.perplexity(model, test, seqlen=PROTOCOL["eval_seqlen"], progress=False)
     return {"method": method, "sparsity": sparsity, "options": options, "perplexity": ppl,
             "achieved_sparsity": report.sparsity, "prune_seconds": report.seconds,
-            "eval_seconds": time.perf_counter() - t}
+            "eval_seconds": time.perf_counter() - t, "load_average_before": load,
+            "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def main():
@@ -65,6 +69,7 @@ def main():
             raise ValueError("protocol changed")
     except ValueError:
         result = {"points": {}}
+    # provenance of this run; each point also keeps its own date and load average (the sweep resumes)
     result["provenance"] = sparselib.provenance("benchmarks/sweep.py", **PROTOCOL)
     if "dense" not in result:
         result["dense"] = sparselib.perplexity(model, test, seqlen=PROTOCOL["eval_seqlen"], progress=False)

@@ -642,3 +642,61 @@ CHECKERS = {
     "ex-stc-meta-byte": check_meta_byte,
     "ex-stc-roofline": check_roofline,
 }
+
+
+# --------------------------------------------------------------------------------------------
+# Chapter 8
+# --------------------------------------------------------------------------------------------
+def check_stored_size_24(model, nbytes) -> Feedback:
+    """ex-compare-size24: your fp16 size in bytes of ``model`` with every decoder linear in 2:4 format."""
+    from .models import decoder_layers, layer_linears, weight_of
+
+    fb = Feedback("ex-compare-size24")
+    if not isinstance(model, nn.Module):
+        raise TypeError("model must be the loaded model (sparselib.load_model()[0])")
+    got = _number(nbytes, "nbytes")
+    linears = [weight_of(l) for layer in decoder_layers(model) for l in layer_linears(layer).values()]
+    in_linears = sum(W.numel() for W in linears)
+    other = sum(p.numel() for p in model.parameters()) - in_linears
+    lin24 = sum(storage_bytes(*W.shape, torch.float16)["total"] for W in linears)
+    want = 2 * other + lin24
+    if got == want:
+        return fb.note(f"{want / 1e6:.2f} MB, {want / (2 * (other + in_linears)):.1%} of dense fp16")
+    if got == 2 * other + 2 * in_linears / 2:
+        return fb.fail("that leaves out the metadata: each kept value also stores a 2-bit position")
+    if got == 2 * other + in_linears * (1 + 0.5):
+        return fb.fail("that charges 4 bits per kept value (the 37.5% figure); the format stores 2 bits per kept value")
+    if model.get_output_embeddings() is not None and got == want + 2 * model.get_output_embeddings().weight.numel():
+        return fb.fail("the head is tied to the embedding in SmolLM2: one table, count it once")
+    if abs(got - want / 2) < 1:
+        return fb.fail("bytes, not fp16 elements: 2 bytes per value")
+    return fb.fail(f"you have {got:,.0f} bytes, expected {want:,}: dense fp16 for the {other:,} parameters "
+                   f"outside the decoder linears, and 4.5 of 8 bytes per group of 4 inside them")
+
+
+def check_within_budget(answers: dict, budget: float = 2.0) -> Feedback:
+    """ex-compare-budget: ``{method: highest recorded sparsity with perplexity ≤ budget × dense}``,
+    checked against the recorded sweep."""
+    from .results import load_result, recorded
+
+    fb = Feedback("ex-compare-budget")
+    if not isinstance(answers, dict) or not answers:
+        raise TypeError('answers must be a dict such as {"magnitude": 0.3, "wanda": 0.5, "sparsegpt": 0.5}')
+    dense = load_result("sweep_smollm2_brown")["dense"]
+    for method, got in answers.items():
+        if method not in ("magnitude", "wanda", "sparsegpt"):
+            raise ValueError(f"unknown method {method!r}; use magnitude, wanda, sparsegpt")
+        got = _number(got, f"answers[{method!r}]")
+        curve = recorded(method, [0.1, 0.3, 0.5, 0.6, 0.7])
+        within = [s for s, ppl in curve.items() if ppl <= budget * dense]
+        want = max(within) if within else 0.0
+        if got != want:
+            over = {s: round(p, 1) for s, p in curve.items() if s > want}
+            fb.fail(f"{method}: you have {got}, the sweep says {want} (dense {dense:.1f}, budget "
+                    f"{budget * dense:.1f}; above it: {over})")
+    if fb.passed:
+        fb.note("matches the recorded sweep")
+    return fb
+
+
+CHECKERS.update({"ex-compare-size24": check_stored_size_24, "ex-compare-budget": check_within_budget})
