@@ -1,13 +1,14 @@
 # One command each, on a fresh machine (both create .venv in the repo root first):
 #   make book   set up, then build the executed book  -> _build/html/index.html
 #   make test   set up, then unit tests + every chapter executed (nbmake) + the book built with -W
+#               + the built pages tested in headless Chromium (make browser)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # not under _build/: nbmake skips notebooks below a _build folder
 CI_DIR := .ci-book
 
-.PHONY: setup book test unit notebooks clean
+.PHONY: setup book test unit notebooks browser clean
 
 setup: $(VENV)/.installed
 
@@ -37,7 +38,22 @@ notebooks: setup
 		--nbmake --nbmake-timeout=900 --overwrite --durations=0 chapters
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/jupyter-book build $(CI_DIR) -W --keep-going
 
-test: unit notebooks
+# The built book in headless Chromium, no kernel behind it (tests/browser/book.test.mjs): the sparsity
+# visualizer shows sparselib's masks for every rule, the quizzes grade answers; screenshots go to
+# _build/browser-artifacts/. Reads the book `make notebooks` built (make test runs them in order).
+# Installs Debian's chromium if it is missing, and playwright-core from tests/browser/package-lock.json.
+CHROMIUM  ?= /usr/bin/chromium
+SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser: setup
+	@test -f $(CI_DIR)/_build/html/index.html || \
+		{ echo "no built book in $(CI_DIR)/_build/html: run make notebooks first" >&2; exit 1; }
+	test -x $(CHROMIUM) || { $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	cd tests/browser && npm ci --no-audit --no-fund
+	BOOK_HTML=$(CI_DIR)/_build/html ARTIFACTS=_build/browser-artifacts PYTHON=$(CURDIR)/$(BIN)/python \
+		CHROMIUM=$(CHROMIUM) node tests/browser/book.test.mjs
+
+test: unit notebooks browser
 
 clean:
 	rm -rf _build

@@ -700,3 +700,88 @@ def check_within_budget(answers: dict, budget: float = 2.0) -> Feedback:
 
 
 CHECKERS.update({"ex-compare-size24": check_stored_size_24, "ex-compare-budget": check_within_budget})
+
+
+# --------------------------------------------------------------------------------------------
+# Chapter 7
+# --------------------------------------------------------------------------------------------
+def check_outlier_threshold(sparsity) -> Feedback:
+    """ex-viz-threshold: the first slider sparsity at which Wanda prunes a weight on an outlier channel
+    of the toy layer (``sparselib.seed_example()``)."""
+    from .viz import seed_example, visualizer_data
+
+    fb = Feedback("ex-viz-threshold")
+    got = _number(sparsity, "sparsity")
+    W, x_norm = seed_example()
+    data = visualizer_data(W, x_norm)
+    first = {mode: next((s for s, st in zip(data["sparsities"], data["states"][mode]) if st["pruned_on_outliers"]),
+                        None) for mode in ("magnitude", "wanda")}
+    want = first["wanda"]
+    cols = W.shape[1]
+    ordinary = int((~torch.tensor(data["outliers"])).sum())
+    if _close(got, want):
+        return fb.note(f"at {want:.1%} a row loses {int(cols * want)} of its {cols} weights, more than its "
+                       f"{ordinary} ordinary channels, so an outlier weight must go")
+    if _close(got, int(cols * want)):
+        return fb.fail(f"that is the number of weights pruned per row; give the fraction, the slider value "
+                       f"({int(cols * want)} of {cols})")
+    if first["magnitude"] is not None and _close(got, first["magnitude"]):
+        return fb.fail("that is where *magnitude* first prunes an outlier weight; select Wanda")
+    earlier = [s for s in data["sparsities"] if s < want]
+    if earlier and _close(got, earlier[-1]):
+        return fb.fail("at that step Wanda still keeps every outlier weight; the question asks for the first "
+                       "step that prunes one")
+    return fb.fail(f"you have {got}, but Wanda first prunes an outlier weight at {want}: compare, per row, "
+                   f"the number of weights pruned with the number of ordinary channels")
+
+
+def check_row_errors(fn) -> Feedback:
+    """ex-viz-row-error: your ``fn(W, keep, x_norm)`` -> ``e_i = sqrt(Σ_j (W_ij − Ŵ_ij)² ‖X_j‖²)`` per
+    output row, with ``Ŵ = W·keep``."""
+    from .viz import row_errors
+
+    _callable(fn, "check_row_errors(my_row_errors)")
+    fb = Feedback("ex-viz-row-error")
+    g = torch.Generator().manual_seed(7)
+    W = torch.randn(6, 16, generator=g)
+    x_norm = torch.rand(16, generator=g) * torch.exp(2 * torch.randn(16, generator=g))  # uneven channels
+    x_norm[3] = 0.0                                                                     # a dead channel
+    keep = unstructured_mask(wanda_scores(W, x_norm), 0.5, per="row")
+    keep[0] = True                                   # a row with nothing pruned
+    keep[1] = False                                  # a row with everything pruned
+    W0, keep0, x0 = W.clone(), keep.clone(), x_norm.clone()
+    got = _run(fb, fn, W, keep, x_norm)
+    if got is None:
+        return fb
+    if not (torch.equal(W, W0) and torch.equal(keep, keep0) and torch.equal(x_norm, x0)):
+        return fb.fail("your function changed W, keep or x_norm in place")
+    if not isinstance(got, torch.Tensor):
+        return fb.fail(f"return a torch.Tensor with one error per output row, not {type(got).__name__}")
+    got = got.detach().float().reshape(-1) if got.numel() == W.shape[0] else got
+    if got.shape != (W.shape[0],):
+        return fb.fail(f"the result has shape {tuple(got.shape)}; return one number per output row "
+                       f"({W.shape[0]}), summing over the inputs j")
+    want = row_errors(W, keep, x_norm)
+    close = lambda x: torch.allclose(got, x.float(), rtol=1e-4, atol=1e-6)  # noqa: E731
+    if close(want):
+        return fb.note("matches sparselib.row_errors, including a row with nothing pruned and one with everything")
+    pruned = W * ~keep
+    dense = row_errors(W, torch.zeros_like(keep), x_norm)
+    if close(want ** 2):
+        return fb.fail("that is e_i²: take the square root of the sum")
+    if close(row_errors(W, ~keep, x_norm)):
+        return fb.fail("you summed over the kept weights; the error comes from the pruned ones, W − Ŵ = W·(1 − keep)")
+    if close((pruned.pow(2) * x_norm).sum(1).sqrt()):
+        return fb.fail("square the norms too: each pruned weight costs (|W_ij|·‖X_j‖)² = W_ij²·‖X_j‖²")
+    if close((pruned.abs() * x_norm).sum(1)):
+        return fb.fail("that is the sum of the pruned Wanda scores; e_i is the root of the sum of their squares")
+    if close(torch.where(dense > 0, want / dense.clamp_min(1e-30), torch.zeros_like(want))):
+        return fb.fail("that is the relative error the bars show; the exercise asks for e_i itself")
+    if close(pruned.pow(2).sum(1).sqrt()):
+        return fb.fail("the norms are missing: every pruned weight is weighed by its input's norm ‖X_j‖")
+    worst = int((got - want.float()).abs().argmax())
+    return fb.fail(f"row {worst}: you have {float(got[worst]):.4g}, expected {float(want[worst]):.4g}; "
+                   f"sum (W_ij − Ŵ_ij)²·‖X_j‖² over the inputs j, then take the square root")
+
+
+CHECKERS.update({"ex-viz-threshold": check_outlier_threshold, "ex-viz-row-error": check_row_errors})
