@@ -785,3 +785,92 @@ def check_row_errors(fn) -> Feedback:
 
 
 CHECKERS.update({"ex-viz-threshold": check_outlier_threshold, "ex-viz-row-error": check_row_errors})
+
+
+# --------------------------------------------------------------------------------------------
+# Chapter 9
+# --------------------------------------------------------------------------------------------
+def _cli_report(out, method: str) -> dict:
+    """The report.json of a ``sparselib prune --method <method>`` run written to ``out``."""
+    import json
+    from pathlib import Path
+
+    path = Path(out) / "report.json"
+    if not path.is_file():
+        raise ValueError(f"{out} holds no report.json; pass the --out directory of `sparselib prune`")
+    report = json.loads(path.read_text())
+    if report.get("method") != method:
+        raise ValueError(f"{out} is a {report.get('method')} run; run `sparselib prune --method {method} ...`")
+    return report
+
+
+def check_sliced_checkpoint(out, params_dense, params_sliced) -> Feedback:
+    """ex-cli-slice: the parameter counts you found for the dense model and for the sliced checkpoint
+    that `sparselib prune --method slicegpt` wrote to ``out``."""
+    from transformers import AutoModelForCausalLM
+
+    report = _cli_report(out, "slicegpt")
+    fb = Feedback("ex-cli-slice")
+    dense, sliced = _number(params_dense, "params_dense"), _number(params_sliced, "params_sliced")
+    want_dense, want_sliced = report["model"]["parameters_before"], report["model"]["parameters_after"]
+    model = AutoModelForCausalLM.from_pretrained(out)  # loads because `import sparselib` registered the type
+    if sum(p.numel() for p in model.parameters()) != want_sliced:
+        return fb.fail(f"the checkpoint in {out} does not match its report.json; run the command again")
+    head = model.get_output_embeddings().weight.numel()
+    if dense == want_sliced and sliced == want_dense:
+        return fb.fail("the two counts are swapped: params_dense is the model before slicing")
+    if dense != want_dense:
+        if dense == want_dense + head:
+            fb.fail("the dense SmolLM2 ties its head to the embedding: one table, count it once")
+        else:
+            fb.fail(f"params_dense: you have {int(dense):,}, the dense model has {want_dense:,}")
+    if sliced != want_sliced:
+        scaled = int(sliced) in (int(0.75 * want_dense), round(0.75 * want_dense))
+        fb.fail("slicing removes a quarter of the residual width, not a quarter of the parameters; count the "
+                "loaded model's parameters" if scaled else
+                f"params_sliced: you have {int(sliced):,}, the checkpoint has {want_sliced:,} "
+                f"(sum(p.numel() for p in model.parameters()) on the loaded model)")
+    if fb.passed:
+        change = "more" if want_sliced > want_dense else "fewer"
+        fb.note(f"{want_sliced:,} parameters, {abs(want_sliced - want_dense):,} {change} than dense"
+                + (f": slicing unties the head, whose {head:,} weights now count separately"
+                   if want_sliced > want_dense else ""))
+    return fb
+
+
+def check_sweep_table(table: dict, least) -> Feedback:
+    """ex-cli-sweep: ``{"2:4": ppl, "4:8": ppl, "0.5": ppl}`` read from your three report.json files
+    (Wanda, default options) and the pattern you found costs the least, against the recorded sweep."""
+    from . import EVAL_TOKENS
+    from .results import load_result, sweep_point
+
+    fb = Feedback("ex-cli-sweep")
+    patterns = ("2:4", "4:8", "0.5")
+    if not isinstance(table, dict) or set(map(str, table)) != set(patterns):
+        raise TypeError('table must be a dict {"2:4": ppl, "4:8": ppl, "0.5": ppl} of the perplexities after pruning')
+    got = {str(k): _number(v, f"table[{k!r}]") for k, v in table.items()}
+    want = {p: sweep_point("wanda", p)["perplexity"] for p in patterns}
+    dense = load_result("sweep_smollm2_brown")["dense"]
+    for p in patterns:
+        if abs(got[p] / want[p] - 1) <= 0.02:
+            continue
+        if abs(got[p] / dense - 1) <= 0.02:
+            fb.fail(f"{p}: {got[p]:.1f} is the perplexity *before* pruning; read report['perplexity']['after']")
+        elif any(abs(got[p] / want[q] - 1) <= 0.02 for q in patterns if q != p):
+            fb.fail(f"{p}: {got[p]:.1f} is another pattern's value; check which directory is which")
+        else:
+            fb.fail(f"{p}: you have {got[p]:.1f}, the recorded sweep {want[p]:.1f} (same protocol: 32 x 256 "
+                    f"calibration tokens, the standard {EVAL_TOKENS:,} evaluation tokens); did you change "
+                    f"--nsamples, --seqlen or --eval-tokens?")
+    best = min(want, key=want.get)
+    if str(least) != best:
+        worst = max(want, key=want.get)
+        fb.fail(f"{least} has the {'highest' if str(least) == worst else 'middle'} perplexity; the least costly "
+                f"pattern is the one with the lowest perplexity after pruning")
+    if fb.passed:
+        fb.note(f"{best} costs the least ({want[best]:.1f}); 2:4 ({want['2:4']:.1f}) is the most constrained, "
+                f"and the only one Sparse Tensor Cores run")
+    return fb
+
+
+CHECKERS.update({"ex-cli-slice": check_sliced_checkpoint, "ex-cli-sweep": check_sweep_table})

@@ -31,7 +31,7 @@ from .eval import check_seqlen
 from .models import ADAPTERS, Adapter, adapter_for, decoder_layers, get_module
 
 log = logging.getLogger(__name__)
-FORMAT = "sparselib-slicegpt/1"
+FORMAT = "sparselib-slicegpt/2"
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,7 +237,7 @@ def _validate(model, calib, sparsity, batch_size) -> int:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     config = model.config
     if adapter_for(model).norms is None or (config.model_type == "opt" and not config.do_layer_norm_before):
-        supported = ", ".join(k for k in sorted(ADAPTERS) if ADAPTERS[k].norms)
+        supported = ", ".join(k for k in sorted(ADAPTERS) if ADAPTERS[k].norms and not k.startswith(SLICED_PREFIX))
         raise ValueError(f"SliceGPT supports pre-LN models of type {supported} (not post-LN OPT-350M); "
                          f"for {config.model_type!r}, add its layer parts to sparselib.models.ADAPTERS")
     if isinstance(decoder_layers(model)[0], SlicedLayer):
@@ -261,13 +261,16 @@ def _validate(model, calib, sparsity, batch_size) -> int:
 
 @torch.no_grad()
 def slice_model(model, calib: torch.Tensor, sparsity: float = 0.25, batch_size: int = 8, *,
-                slice_head: bool = False, progress: bool = True) -> SliceReport:
+                slice_head: bool = False, device=None, progress: bool = True) -> SliceReport:
     """Rotate and slice ``model`` in place; return a :class:`SliceReport`.
 
     sparsity:   fraction of the hidden size ``D`` to delete; the kept width ``d`` is
                 :func:`kept_dim`. ``sparsity=0`` rotates without slicing (same function).
     calib:      LongTensor [nsamples, seqlen] (``sparselib.calibration_data``).
     slice_head: also slice the last layer's output and ``lm_head`` (the reference's default: no).
+    device:     where each layer is processed (default: where the model is). With "cuda" and a model on
+                CPU, one decoder layer at a time is moved to the GPU with its activations, as in
+                :func:`sparselib.prune`.
     Bad input raises ValueError/TypeError before anything changes.
     """
     d = _validate(model, calib, sparsity, batch_size)
@@ -276,15 +279,17 @@ def slice_model(model, calib: torch.Tensor, sparsity: float = 0.25, batch_size: 
     report = SliceReport(sparsity, D, d, sum(p.numel() for p in model.parameters()), 0)
     start = time.perf_counter()
     fuse(model)                                                        # 1. fusion
-    device = model.get_output_embeddings().weight.device
+    home = model.get_output_embeddings().weight.device
+    device = torch.device(device) if device is not None else home
     batches = capture_inputs(model, calib, batch_size, device)         # 2. inputs of layer 0
     eig, Q = pca([x for x, _ in batches])
     report.spectra["embeddings"] = eig
     for table in _tables(model):
-        rotate_inputs(table, Q[:, :d])
+        rotate_inputs(table, Q[:, :d].to(table.weight.device))
     batches = [(x @ Q[:, :d].to(dtype), kw) for x, kw in batches]
     layers = decoder_layers(model)
     for i, layer in enumerate(tqdm(layers, desc=f"SliceGPT {sparsity:.0%}", disable=not progress)):
+        layer.to(device)                                               # one layer at a time on `device`
         d_out = D if i == len(layers) - 1 and not slice_head else d     # 3. per layer
         for lin in _parts(layer.layer, adapter.attn_inputs):           # attention reads x in basis Q
             rotate_inputs(lin, Q[:, :d])
@@ -303,7 +308,8 @@ def slice_model(model, calib: torch.Tensor, sparsity: float = 0.25, batch_size: 
         rotate_outputs(get_module(layer.layer, adapter.mlp_output), Q[:, :d_out])
         layer.mlp_shortcut.data = (Q_mid[:, :d].T @ Q[:, :d_out]).to(dtype)
         batches = [(y @ Q[:, :d_out].to(dtype), kw) for y, (_, kw) in zip(outs, batches)]
-    rotate_inputs(model.get_output_embeddings(), Q[:, :d_out])       # the head reads the last basis
+        layer.to(home)
+    rotate_inputs(model.get_output_embeddings(), Q[:, :d_out].to(home))  # the head reads the last basis
     report.seconds = time.perf_counter() - start
     report.params_after = sum(p.numel() for p in model.parameters())
     log.info("%s", report)
@@ -319,28 +325,105 @@ def matmul_weights(model) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# Save and load (our own format: the Hugging Face config, safetensors weights, slicing.json)
+# Save and load: a Hugging Face checkpoint of a registered "sliced" architecture
 # --------------------------------------------------------------------------------------------
-def save_sliced(model, path, overwrite: bool = False) -> Path:
-    """Write a sliced model to the directory ``path``: config.json, model.safetensors, slicing.json.
-    Written in a temporary directory, then moved into place with ``os.replace``. Read it back with
-    :func:`load_sliced` (``from_pretrained`` cannot: the shapes differ from the config's)."""
+# A sliced Llama is a LlamaForCausalLM whose layers are wrapped (SlicedLayer) and whose weights have
+# smaller shapes. `import sparselib` registers, for each architecture SliceGPT supports, a config class
+# (model_type "sparselib_sliced_<type>", the base config plus `sliced_shapes`) and a model class that
+# builds the dense model, restructures it and gives each sliced parameter its saved shape. So
+# `AutoModelForCausalLM.from_pretrained(path)` loads a sliced checkpoint with no remote code.
+SLICED_PREFIX = "sparselib_sliced_"
+
+
+class _Sliced:
+    """Mixin for the registered sliced classes: the dense architecture, restructured, then every
+    parameter named in ``config.sliced_shapes`` given that shape (its values come from the checkpoint)."""
+
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        restructure(self)
+        for name, shape in config.sliced_shapes.items():
+            path, _, attr = name.rpartition(".")
+            module = get_module(self, path)
+            like = getattr(module, attr, None)
+            like = like if like is not None else module.weight
+            _store(module, attr, torch.zeros(shape, dtype=like.dtype, device=like.device))
+
+
+def _register_sliced_types() -> dict[str, tuple]:
+    """``{base model_type: (SlicedConfig, SlicedForCausalLM)}``, registered with the Auto classes."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    classes = {}
+    for base in sorted(k for k, a in ADAPTERS.items() if a.norms):
+        base_config = CONFIG_MAPPING[base]
+        base_model = MODEL_FOR_CAUSAL_LM_MAPPING[base_config]
+        config_cls = type(f"Sliced{base_config.__name__}", (base_config,),
+                          {"model_type": SLICED_PREFIX + base, "__module__": __name__})
+        model_cls = type(f"Sliced{base_model.__name__}", (_Sliced, base_model),
+                         {"config_class": config_cls, "__module__": __name__})
+        AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
+        AutoModelForCausalLM.register(config_cls, model_cls, exist_ok=True)
+        classes[base] = (config_cls, model_cls)
+        globals().update({config_cls.__name__: config_cls, model_cls.__name__: model_cls})  # picklable by name
+    for base in classes:  # a loaded sliced model keeps its layers where the dense one did
+        ADAPTERS[SLICED_PREFIX + base] = ADAPTERS[base]
+    return classes
+
+
+SLICED_CLASSES = _register_sliced_types()
+
+
+def sliced_config(model):
+    """The config a sliced ``model`` is saved with: its own config as the registered sliced type, plus
+    ``sliced_shapes`` (every parameter whose shape differs from the restructured dense model's)."""
+    layers = decoder_layers(model)
+    if not isinstance(layers[0], SlicedLayer):
+        raise ValueError("this model is not sliced; save a dense model with model.save_pretrained(path)")
+    config_cls, model_cls = SLICED_CLASSES[model.config.model_type.removeprefix(SLICED_PREFIX)]
+    values = {k: v for k, v in model.config.to_dict().items() if k not in ("model_type", "sliced_shapes")}
+    with torch.device("meta"):  # the restructured dense model's shapes, without allocating weights
+        reference = dict(model_cls(config_cls(**values, sliced_shapes={})).named_parameters())
+    values["sliced_shapes"] = {name: list(p.shape) for name, p in model.named_parameters()
+                               if name not in reference or reference[name].shape != p.shape}
+    values["architectures"] = [model_cls.__name__]
+    return config_cls(**values)
+
+
+def write_sliced(model, directory) -> Path:
+    """Write a sliced ``model`` into the new directory ``directory`` as a Hugging Face checkpoint:
+    config.json (the registered sliced type), model.safetensors, generation_config.json and slicing.json
+    (a summary). Not atomic: :func:`save_sliced` and the CLI write into a temporary directory."""
     from safetensors.torch import save_file
 
-    layers, path = decoder_layers(model), Path(path)
-    if not isinstance(layers[0], SlicedLayer):
-        raise ValueError("save_sliced saves a model returned by slice_model; save a dense one with save_pretrained")
+    config, directory = sliced_config(model), Path(directory)
+    directory.mkdir(parents=True)
+    config.save_pretrained(directory)
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
+              directory / "model.safetensors", metadata={"format": "pt"})
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(directory)
+    layers = decoder_layers(model)
+    info = {"format": FORMAT, "model_type": config.model_type, "hidden_size": config.hidden_size,
+            "shortcuts": [[list(l.attn_shortcut.shape), list(l.mlp_shortcut.shape)] for l in layers]}
+    (directory / "slicing.json").write_text(json.dumps(info))
+    return directory
+
+
+def save_sliced(model, path, overwrite: bool = False) -> Path:
+    """Write a sliced model to the directory ``path`` (see :func:`write_sliced`): written in a temporary
+    directory, then moved into place with ``os.replace``. Read it back with :func:`load_sliced` or,
+    after ``import sparselib``, with ``AutoModelForCausalLM.from_pretrained(path)``."""
+    path = Path(path)
+    sliced_config(model)  # refuses a model that is not sliced, before anything is written
     if path.exists() and not overwrite:
         raise ValueError(f"{path} exists; pass overwrite=True or choose a new directory")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))  # scratch, removed below
     try:
-        model.config.save_pretrained(tmp / "new")
-        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
-                  tmp / "new" / "model.safetensors", metadata={"format": "pt"})
-        info = {"format": FORMAT, "model_type": model.config.model_type, "hidden_size": model.config.hidden_size,
-                "shortcuts": [[list(l.attn_shortcut.shape), list(l.mlp_shortcut.shape)] for l in layers]}
-        (tmp / "new" / "slicing.json").write_text(json.dumps(info))
+        write_sliced(model, tmp / "new")
         if path.exists():
             os.replace(path, tmp / "old")
         os.replace(tmp / "new", path)
@@ -350,21 +433,14 @@ def save_sliced(model, path, overwrite: bool = False) -> Path:
 
 
 def load_sliced(path, device=None):
-    """Load a model written by :func:`save_sliced`, in eval mode."""
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """Load a model written by :func:`save_sliced` (or by ``sparselib prune --method slicegpt``), in
+    eval mode. The same as ``AutoModelForCausalLM.from_pretrained(path)`` after ``import sparselib``."""
+    from transformers import AutoModelForCausalLM
 
     path = Path(path)
-    if not (path / "slicing.json").exists() or json.loads((path / "slicing.json").read_text())["format"] != FORMAT:
-        raise ValueError(f"{path} holds no {FORMAT} slicing.json; pass a directory written by save_sliced")
-    state = load_file(path / "model.safetensors")
-    dtype = next(iter(state.values())).dtype
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype)
-    restructure(model)  # the sliced structure; the shapes come with the tensors
-    for name, tensor in state.items():
-        module_path, _, attr = name.rpartition(".")
-        _store(get_module(model, module_path), attr, tensor)
-    if set(model.state_dict()) != set(state):
-        odd = sorted(set(state) ^ set(model.state_dict()))[:3]
-        raise ValueError(f"{path}: the weights do not match the config ({odd} ...)")
+    info = json.loads((path / "slicing.json").read_text()) if (path / "slicing.json").exists() else {}
+    if info.get("format") != FORMAT:
+        older = " (an older sparselib's format: slice the model again)" if info else ""
+        raise ValueError(f"{path} holds no {FORMAT} slicing.json{older}; pass a directory written by save_sliced")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
     return model.to(device or "cpu").eval()

@@ -1,0 +1,406 @@
+"""The `sparselib` command against its promises: the checkpoint it writes *is* the pruned model (it
+reloads with AutoModelForCausalLM, keeps the pattern, and gives the perplexity the report states); a
+bad input is one line on stderr naming the fix, exit status 2, nothing written; an interrupted run
+leaves nothing behind. Plumbing on tiny random-weight models; the acceptance commands on SmolLM2 (slow)."""
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_llama, tiny_opt
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+from transformers import (AutoModelForCausalLM, BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel,
+                          GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM,
+                          PreTrainedTokenizerFast)
+
+import sparselib
+from sparselib.cli import main
+from sparselib.slicegpt import SlicedLayer, kept_dim, save_sliced, slice_model
+
+FAST = ["--nsamples", "4", "--seqlen", "32", "--eval-tokens", "1024", "--eval-seqlen", "64"]
+
+
+def char_tokenizer(whole_text: bool = False) -> PreTrainedTokenizerFast:
+    """One token per ASCII character (ids 0..127, the tiny models' vocabulary). ``whole_text``: the
+    whole text is one (unknown) token, so no corpus is long enough to calibrate with."""
+    tok = Tokenizer(models.WordLevel({chr(i): i for i in range(128)}, unk_token=chr(0)))
+    if not whole_text:
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=chr(3), model_max_length=64)
+
+
+def _save(model, path: Path, tokenizer=None) -> str:
+    model.save_pretrained(path)
+    (tokenizer or char_tokenizer()).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """Model directories, by name, as ``--model`` takes them."""
+    root = tmp_path_factory.mktemp("models")
+    small = dict(vocab_size=128, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                 max_position_embeddings=64)
+    dirs = {
+        "llama": _save(tiny_llama(), root / "llama"),
+        "opt": _save(tiny_opt(), root / "opt"),
+        "gpt2": _save(GPT2LMHeadModel(GPT2Config(vocab_size=128, n_embd=64, n_layer=1, n_head=4, n_positions=64)),
+                      root / "gpt2"),
+        "gpt_neox": _save(GPTNeoXForCausalLM(GPTNeoXConfig(intermediate_size=128, **small)), root / "gpt_neox"),
+        "bert": _save(BertForMaskedLM(BertConfig(intermediate_size=128, **small)), root / "bert"),
+        "down132": _save(LlamaForCausalLM(LlamaConfig(intermediate_size=132, num_key_value_heads=2, **small)),
+                         root / "down132"),  # mlp.down_proj has 132 inputs: not a multiple of 8
+        "one-token": _save(tiny_llama(), root / "one-token", char_tokenizer(whole_text=True)),
+    }
+    sliced = tiny_llama()
+    slice_model(sliced, torch.randint(0, 128, (4, 16)), 0.25, progress=False)
+    save_sliced(sliced, root / "sliced")
+    char_tokenizer().save_pretrained(root / "sliced")
+    dirs["sliced"] = str(root / "sliced")
+    (root / "config-only").mkdir()
+    tiny_llama().config.save_pretrained(root / "config-only")
+    dirs["config-only"] = str(root / "config-only")
+    (root / "empty").mkdir()
+    dirs["empty"] = str(root / "empty")
+    (root / "a-file.txt").write_text("not a model")
+    dirs["file"] = str(root / "a-file.txt")
+    return dirs
+
+
+def run(argv, capsys):
+    """Run the command in this process: ``(exit status, stdout, stderr)``."""
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def tree(path: Path) -> set:
+    return {p.relative_to(path) for p in path.rglob("*")}
+
+
+def reload(out: Path):
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    return model, json.loads((out / "report.json").read_text())
+
+
+def decoder_linears(model):
+    for layer in sparselib.decoder_layers(model):
+        inner = layer.layer if isinstance(layer, SlicedLayer) else layer
+        yield from ((name, sparselib.weight_of(m)) for name, m in sparselib.layer_linears(inner).items())
+
+
+def reloaded_perplexity(model, out: Path, report: dict) -> float:
+    """The reloaded checkpoint's perplexity on the report's own evaluation tokens."""
+    from transformers import AutoTokenizer
+
+    p = report["perplexity"]
+    ids = sparselib.test_data(AutoTokenizer.from_pretrained(out), p["data"], max_tokens=p["tokens"])
+    return sparselib.perplexity(model, ids, seqlen=p["seqlen"], progress=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Plumbing on tiny models
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch, method, sparsity", [
+    ("llama", "wanda", "2:4"), ("opt", "sparsegpt", "4:8"), ("llama", "magnitude", "0.5"), ("opt", "wanda", "0.3"),
+])
+def test_the_checkpoint_is_the_pruned_model(tiny, tmp_path, capsys, arch, method, sparsity):
+    out = tmp_path / "out"
+    code, stdout, err = run(["prune", "--model", tiny[arch], "--method", method, "--sparsity", sparsity,
+                             "--out", out, "--eval", *FAST], capsys)
+    assert code == 0, err
+    assert {p.name for p in tmp_path.iterdir()} == {"out"}  # no temporary directory left behind
+    assert {"config.json", "model.safetensors", "tokenizer.json", "report.json"} <= {p.name for p in out.iterdir()}
+    model, report = reload(out)
+    pattern = sparselib.parse_sparsity(sparsity)
+    linears = list(decoder_linears(model))
+    assert len(linears) == len(report["linears"]) == 2 * (7 if arch == "llama" else 6)
+    for (name, W), record in zip(linears, report["linears"]):
+        assert record["name"] == name and record["shape"] == list(W.shape)
+        assert record["sparsity"] == pytest.approx(sparselib.sparsity(W))
+        if pattern.is_nm:
+            assert sparselib.nm_violations(W, pattern.n, pattern.m) == 0
+        assert sparselib.sparsity(W) >= pattern.sparsity - 1 / W.shape[1]
+    assert [l["layer"] for l in report["layers"]] == [0, 1]
+    assert report["method"] == method and report["pattern"] == str(pattern)
+    before, after = report["perplexity"]["before"], report["perplexity"]["after"]
+    assert math.isfinite(before) and math.isfinite(after)
+    assert reloaded_perplexity(model, out, report) == pytest.approx(after, rel=1e-4)
+    assert report["peak_memory"]["cpu_rss_bytes"] > 0 and report["peak_memory"]["cuda_bytes"] is None
+    prov = report["provenance"]
+    assert prov["torch"] == torch.__version__ and prov["sparselib"] == sparselib.__version__ and prov["transformers"]
+    assert {"load", "prune", "eval_before", "eval_after", "save", "total"} <= set(report["seconds"])
+    assert f"{after:.3f}" in stdout
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt"])
+def test_a_sliced_checkpoint_loads_with_auto_model(tiny, tmp_path, capsys, arch):
+    out = tmp_path / "sliced"
+    code, _, err = run(["prune", "--model", tiny[arch], "--method", "slicegpt", "--sparsity", "0.25",
+                        "--out", out, "--eval", *FAST], capsys)
+    assert code == 0, err
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == f"sparselib_sliced_{arch}" and "auto_map" not in config  # no remote code
+    model, report = reload(out)
+    assert type(model).__name__.startswith("Sliced") and isinstance(sparselib.decoder_layers(model)[0], SlicedLayer)
+    d = kept_dim(64, 0.25)
+    assert report["result"]["slicing"] == {"hidden_size": 64, "dim": d}
+    assert model.get_input_embeddings().weight.shape[1] == d
+    assert report["model"]["parameters_after"] == sum(p.numel() for p in model.parameters())
+    for record in report["linears"]:  # the fraction of each linear's weights deleted, from its shapes
+        (o, i), (o0, i0) = record["shape"], record["shape_before"]
+        assert record["sparsity"] == pytest.approx(1 - o * i / (o0 * i0))
+    assert reloaded_perplexity(model, out, report) == pytest.approx(report["perplexity"]["after"], rel=1e-4)
+    assert sparselib.load_sliced(out).state_dict().keys() == model.state_dict().keys()
+
+
+def test_a_sliced_model_can_then_be_pruned(tiny, tmp_path, capsys):
+    out = tmp_path / "sliced-24"
+    code, _, err = run(["prune", "--model", tiny["sliced"], "--method", "wanda", "--sparsity", "2:4",
+                        "--out", out, *FAST], capsys)
+    assert code == 0, err
+    model, _ = reload(out)
+    assert isinstance(sparselib.decoder_layers(model)[0], SlicedLayer)
+    assert all(sparselib.is_nm(W, 2, 4) for _, W in decoder_linears(model))
+
+
+def test_force_replaces_an_earlier_output_and_only_that(tiny, tmp_path, capsys):
+    out = tmp_path / "out"
+    base = ["prune", "--model", tiny["llama"], "--method", "magnitude", "--out", out, "--quiet"]
+    assert run([*base, "--sparsity", "0.5"], capsys)[0] == 0
+    assert run([*base, "--sparsity", "0.7", "--force"], capsys)[0] == 0
+    _, report = reload(out)
+    assert report["sparsity"] == "0.7" and {p.name for p in tmp_path.iterdir()} == {"out"}
+
+
+def test_parent_directories_are_created(tiny, tmp_path, capsys):
+    out = tmp_path / "runs" / "a" / "b"
+    assert run(["prune", "--model", tiny["llama"], "--method", "magnitude", "--sparsity", "0.5", "--out", out,
+                "--quiet"], capsys)[0] == 0
+    assert (out / "report.json").is_file()
+
+
+def test_an_interrupted_write_leaves_nothing(tiny, tmp_path, capsys, monkeypatch):
+    """Ctrl-C after the weights are written into the temporary directory, before the rename."""
+    def interrupt(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sparselib.cli, "_peak_memory", interrupt)  # called in _save after the weights
+    code, _, err = run(["prune", "--model", tiny["llama"], "--method", "magnitude", "--sparsity", "0.5",
+                        "--out", tmp_path / "new" / "out", "--quiet"], capsys)
+    assert code == 130 and "nothing was written" in err
+    assert list(tmp_path.iterdir()) == []  # neither --out, nor the temporary directory, nor new/
+
+
+def test_eval_agrees_with_the_library(tiny, capsys):
+    code, stdout, err = run(["eval", "--model", tiny["llama"], "--tokens", "1024", "--seqlen", "64", "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(stdout)
+    model, tokenizer = sparselib.load_model(tiny["llama"])
+    ids = sparselib.test_data(tokenizer, max_tokens=1024)
+    assert result["perplexity"] == pytest.approx(sparselib.perplexity(model, ids, seqlen=64, progress=False), rel=1e-5)
+    assert result["tokens"] == 1024 and result["seqlen"] == 64
+
+
+def test_info_says_whether_24_kernels_can_run(capsys):
+    code, stdout, _ = run(["info", "--json"], capsys)
+    assert code == 0
+    info = json.loads(stdout)
+    ok, reason = sparselib.can_use_sparse_kernels()
+    assert info["2:4 kernels"] == f"{'yes' if ok else 'no'}: {reason}"
+    assert info["torch"] == torch.__version__
+
+
+def test_help_has_examples(capsys):
+    for argv in (["--help"], ["prune", "--help"]):
+        code, stdout, _ = run(argv, capsys)
+        assert code == 0 and "examples:" in stdout and "--sparsity 2:4" in stdout
+
+
+def test_console_script_and_python_m():
+    (script,) = entry_points(group="console_scripts", name="sparselib")
+    assert script.value == "sparselib.cli:main"
+    done = subprocess.run([sys.executable, "-m", "sparselib", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == f"sparselib {sparselib.__version__}"
+
+
+def test_the_chapter_checkers(tiny, tmp_path, capsys):
+    """sparselib.exercises' checkers for chapter 9: right answers pass, the usual mistakes are named."""
+    from sparselib import exercises
+
+    out = tmp_path / "sliced"
+    assert run(["prune", "--model", tiny["llama"], "--method", "slicegpt", "--sparsity", "0.25", "--out", out,
+                "--quiet", *FAST[:4]], capsys)[0] == 0
+    report = json.loads((out / "report.json").read_text())
+    dense, sliced = report["model"]["parameters_before"], report["model"]["parameters_after"]
+    assert exercises.check_sliced_checkpoint(out, dense, sliced)
+    assert "swapped" in str(exercises.check_sliced_checkpoint(out, sliced, dense))
+    assert "count it once" in str(exercises.check_sliced_checkpoint(out, dense + 128 * 64, sliced))
+    assert "not a quarter of the parameters" in str(exercises.check_sliced_checkpoint(out, dense, int(0.75 * dense)))
+    with pytest.raises(ValueError, match="report.json"):
+        exercises.check_sliced_checkpoint(tmp_path, dense, sliced)
+
+    table = {p: sparselib.sweep_point("wanda", p)["perplexity"] for p in ("2:4", "4:8", "0.5")}
+    least = min(table, key=table.get)
+    assert exercises.check_sweep_table(table, least)
+    dense_ppl = sparselib.load_result("sweep_smollm2_brown")["dense"]
+    assert "before" in str(exercises.check_sweep_table({**table, "2:4": dense_ppl}, least))
+    assert "another pattern" in str(exercises.check_sweep_table({**table, "2:4": table["0.5"]}, least))
+    assert "lowest perplexity" in str(exercises.check_sweep_table(table, max(table, key=table.get)))
+    with pytest.raises(TypeError, match="2:4"):
+        exercises.check_sweep_table({"2:4": 1.0}, "2:4")
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input: exit status 2, one line that names the fix, no traceback, nothing written
+# --------------------------------------------------------------------------------------------
+WANDA = ["--method", "wanda", "--sparsity", "2:4"]
+BAD = {
+    # id: (arguments after `prune`, with {model}/{out}/{dir} filled in; what the one line must say)
+    "unknown method": (["--model", "{llama}", "--method", "foo", "--sparsity", "0.5"], "choose one of magnitude"),
+    "sparsity above 1": (["--model", "{llama}", "--method", "wanda", "--sparsity", "1.2"], "[0, 1)"),
+    "N:M with N > M": (["--model", "{llama}", "--method", "wanda", "--sparsity", "3:2"], "0 < N < M"),
+    "N:M with N = 0": (["--model", "{llama}", "--method", "wanda", "--sparsity", "0:4"], "0 < N < M"),
+    "sparsity not a number": (["--model", "{llama}", "--method", "wanda", "--sparsity", "half"], "like 0.5"),
+    "slicegpt with 2:4": (["--model", "{llama}", "--method", "slicegpt", "--sparsity", "2:4"], "--sparsity 0.25"),
+    "slicegpt deleting everything": (["--model", "{llama}", "--method", "slicegpt", "--sparsity", "0.95"],
+                                     "use sparsity <="),
+    "unknown calibration set": (["--model", "{llama}", *WANDA, "--calib", "c4"], "wikitext2"),
+    "unknown dtype": (["--model", "{llama}", *WANDA, "--dtype", "bogus"], "bfloat16"),
+    "unknown device": (["--model", "{llama}", *WANDA, "--device", "tpu"], "use cpu or cuda"),
+    "nsamples 0": (["--model", "{llama}", *WANDA, "--nsamples", "0"], "--nsamples must be at least 1"),
+    "nsamples not an int": (["--model", "{llama}", *WANDA, "--nsamples", "many"], "invalid int value"),
+    "seqlen 1": (["--model", "{llama}", *WANDA, "--seqlen", "1"], "--seqlen must be at least 2"),
+    "seqlen above the model's maximum": (["--model", "{llama}", *WANDA, "--seqlen", "128"], "use seqlen <= 64"),
+    "eval shorter than a window": (["--model", "{llama}", *WANDA, "--eval", "--eval-tokens", "100"],
+                                   "use --eval-tokens >= 256"),
+    "model path missing": (["--model", "/nonexistent/model", *WANDA], "no such file or directory"),
+    "model is a file": (["--model", "{file}", *WANDA], "is a file, not a model directory"),
+    "model dir without config": (["--model", "{empty}", *WANDA], "no config.json"),
+    "model without safetensors": (["--model", "{config-only}", *WANDA], "only safetensors"),
+    "not a causal LM": (["--model", "{bert}", *WANDA], "not a causal language model"),
+    "architecture not supported": (["--model", "{gpt_neox}", *WANDA], "Add an entry to sparselib.models.ADAPTERS"),
+    "slicegpt on GPT-2": (["--model", "{gpt2}", "--method", "slicegpt", "--sparsity", "0.25"],
+                          "SliceGPT supports pre-LN models of type llama, mistral, opt, qwen2"),
+    "slicing a sliced model": (["--model", "{sliced}", "--method", "slicegpt", "--sparsity", "0.25"],
+                               "already sliced"),
+    "4:8 on 132 inputs": (["--model", "{down132}", "--method", "wanda", "--sparsity", "4:8"], "multiple of 8"),
+    "calibration text too short": (["--model", "{one-token}", *WANDA], "fewer than one window"),
+    "out exists": (["--model", "{llama}", *WANDA, "--out", "{dir}/existing"], "add --force"),
+    "force on a directory sparselib did not write": (["--model", "{llama}", *WANDA, "--out", "{dir}/existing",
+                                                      "--force"], "sparselib did not write"),
+    "out under a regular file": (["--model", "{llama}", *WANDA, "--out", "{dir}/a-file/out"],
+                                 "is a file, not a directory"),
+    "out on a file system that refuses it": (["--model", "{llama}", *WANDA, "--out", "/proc/sparselib-out"],
+                                             "choose another --out"),
+    "cuda without a GPU": (["--model", "{llama}", *WANDA, "--device", "cuda"], "use --device cpu"),
+    "no --out": (["--model", "{llama}", *WANDA], "required: --out"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_is_one_line_and_writes_nothing(case, tiny, tmp_path, capsys):
+    argv, fix = BAD[case]
+    if case == "cuda without a GPU" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    if case.startswith("out on a file system") and not Path("/proc/self").exists():
+        pytest.skip("needs Linux /proc")
+    (tmp_path / "existing").mkdir()
+    (tmp_path / "existing" / "keep.txt").write_text("mine")
+    (tmp_path / "a-file").write_text("a file")
+    argv = [a.format(dir=tmp_path, **tiny) for a in argv]
+    if "--out" not in argv and case != "no --out":
+        argv += ["--out", str(tmp_path / "out")]
+    before = tree(tmp_path)
+    code, stdout, err = run(["prune", "--nsamples", "4", "--seqlen", "32", *argv], capsys)  # the case's own win
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("sparselib: error: "), err
+    assert fix in lines[0], lines[0]
+    assert "Traceback" not in err and stdout == ""
+    assert tree(tmp_path) == before and (tmp_path / "existing" / "keep.txt").read_text() == "mine"
+
+
+def test_there_are_at_least_15_bad_inputs():
+    assert len(BAD) >= 15
+
+
+def test_eval_bad_input(tiny, capsys):
+    for argv, fix in ((["--model", tiny["bert"]], "not a causal language model"),
+                      (["--model", tiny["llama"], "--seqlen", "128"], "use seqlen <= 64"),
+                      (["--model", tiny["llama"], "--tokens", "10"], "--tokens >= 256")):
+        code, _, err = run(["eval", *argv], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and fix in err, err
+
+
+# --------------------------------------------------------------------------------------------
+# Interrupting a real run (a subprocess, SIGINT while it prunes)
+# --------------------------------------------------------------------------------------------
+def _interrupt_while_pruning(argv, tmp_path, wait_after: float = 0.0):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "sparselib", "prune", *argv, "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    try:
+        while "sparselib: pruning " not in seen:  # the log line printed when the pruning starts
+            line = proc.stderr.readline()
+            assert line, f"the command ended before pruning: {seen}"
+            seen += line
+        time.sleep(wait_after)
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    return proc.returncode, seen + rest, out
+
+
+def test_sigint_while_pruning_leaves_nothing(tiny, tmp_path):
+    # the whole test split (a few seconds) is evaluated after the pruning: the run is busy when the signal lands
+    code, err, out = _interrupt_while_pruning(["--model", tiny["llama"], *WANDA, "--nsamples", "4", "--seqlen", "32",
+                                               "--eval", "--eval-tokens", "10000000", "--eval-seqlen", "64"], tmp_path)
+    assert code == 130, err
+    assert "interrupted; nothing was written" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------
+# The acceptance commands on SmolLM2 (fewer calibration samples and a shorter evaluation than the
+# defaults, to keep CI short; the defaults are what `sparselib prune` runs without these flags)
+# --------------------------------------------------------------------------------------------
+SMALL = ["--nsamples", "8", "--seqlen", "128", "--eval-tokens", "2048"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, sparsity", [("wanda", "2:4"), ("sparsegpt", "2:4"), ("slicegpt", "0.25")])
+def test_acceptance_on_smollm2(method, sparsity, tmp_path):
+    out = tmp_path / "x"
+    done = subprocess.run([sys.executable, "-m", "sparselib", "prune", "--model", "smollm2-135m", "--method", method,
+                           "--sparsity", sparsity, "--out", str(out), "--eval", *SMALL],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [p.name for p in tmp_path.iterdir()] == ["x"]
+    model, report = reload(out)
+    if method == "slicegpt":
+        assert model.get_input_embeddings().weight.shape[1] == kept_dim(576, 0.25)
+    else:
+        for name, W in decoder_linears(model):
+            assert sparselib.nm_violations(W, 2, 4) == 0, name
+            assert sparselib.sparsity(W) == pytest.approx(0.5, abs=1e-3), name
+    before, after = report["perplexity"]["before"], report["perplexity"]["after"]
+    assert 1 < before < after < 10 * before  # pruning costs quality, and the model still works
+    assert reloaded_perplexity(model, out, report) == pytest.approx(after, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_sigint_on_smollm2_leaves_nothing(tmp_path):
+    code, err, out = _interrupt_while_pruning(["--model", "smollm2-135m", "--method", "sparsegpt", "--sparsity",
+                                               "2:4", "--nsamples", "8", "--seqlen", "128"], tmp_path, wait_after=2)
+    assert code == 130, err
+    assert "interrupted; nothing was written" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
