@@ -8,8 +8,10 @@ Slicing: ``Q`` = eigenvectors of ``XᵀX`` of each residual signal, descending; 
 keeps the ``d`` strongest directions. Each signal has its own ``Q``, so the residual adds go through
 ``d × d`` shortcut matrices (:class:`SlicedLayer`).
 
-This follows the reference (microsoft/TransformerCompression), except that the embeddings are
-centred only for LayerNorm models: centring them in an RMSNorm model would change its function.
+This follows the reference (microsoft/TransformerCompression), with one default changed: the
+reference subtracts each embedding row's mean in every model, which for an RMSNorm model changes the
+function (RMSNorm does not remove the mean). Here the embeddings are centred only for LayerNorm models
+unless ``center_embeddings=True`` asks for the reference's behaviour.
 """
 from __future__ import annotations
 
@@ -156,13 +158,14 @@ def restructure(model) -> None:
 
 
 @torch.no_grad()
-def fuse(model) -> None:
+def fuse(model, center_embeddings: bool | None = None) -> None:
     """Fold every norm's γ (and β) into the linears that read it; for LayerNorm models also make
     the residual stream mean-free (embeddings and the linears writing into it), so that LayerNorm
     equals RMSNorm. Then :func:`restructure`. The model computes the same function (in place)."""
     adapter, head, layers = adapter_for(model), _untie(model), decoder_layers(model)
     layernorm = isinstance(get_module(layers[0], adapter.norms[0]), nn.LayerNorm)
-    for table in _tables(model) if layernorm else []:
+    center = layernorm if center_embeddings is None else center_embeddings
+    for table in _tables(model) if center else []:
         _store(table, "weight", table.weight.double() - table.weight.double().mean(-1, keepdim=True))
     for layer in layers:
         _fold_norm(get_module(layer, adapter.norms[0]), _parts(layer, adapter.attn_inputs))
@@ -261,24 +264,30 @@ def _validate(model, calib, sparsity, batch_size) -> int:
 
 @torch.no_grad()
 def slice_model(model, calib: torch.Tensor, sparsity: float = 0.25, batch_size: int = 8, *,
-                slice_head: bool = False, device=None, progress: bool = True) -> SliceReport:
+                slice_head: bool = False, device=None, center_embeddings: bool | None = None,
+                progress: bool = True) -> SliceReport:
     """Rotate and slice ``model`` in place; return a :class:`SliceReport`.
 
     sparsity:   fraction of the hidden size ``D`` to delete; the kept width ``d`` is
                 :func:`kept_dim`. ``sparsity=0`` rotates without slicing (same function).
     calib:      LongTensor [nsamples, seqlen] (``sparselib.calibration_data``).
     slice_head: also slice the last layer's output and ``lm_head`` (the reference's default: no).
+    center_embeddings: subtract each embedding row's mean. Default (None): only for LayerNorm models,
+                where it is needed and keeps the function; True reproduces the reference, which also
+                does it for RMSNorm models (a small change of function there).
     device:     where each layer is processed (default: where the model is). With "cuda" and a model on
                 CPU, one decoder layer at a time is moved to the GPU with its activations, as in
                 :func:`sparselib.prune`.
     Bad input raises ValueError/TypeError before anything changes.
     """
     d = _validate(model, calib, sparsity, batch_size)
+    if center_embeddings not in (None, True, False):
+        raise TypeError(f"center_embeddings must be None, True or False, not {center_embeddings!r}")
     model.eval()  # no dropout while the signals are measured
     adapter, D, dtype = adapter_for(model), model.config.hidden_size, model.get_output_embeddings().weight.dtype
     report = SliceReport(sparsity, D, d, sum(p.numel() for p in model.parameters()), 0)
     start = time.perf_counter()
-    fuse(model)                                                        # 1. fusion
+    fuse(model, center_embeddings)                                     # 1. fusion
     home = model.get_output_embeddings().weight.device
     device = torch.device(device) if device is not None else home
     batches = capture_inputs(model, calib, batch_size, device)         # 2. inputs of layer 0

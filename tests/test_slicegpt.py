@@ -46,6 +46,22 @@ def test_fusion_keeps_the_function(arch, ids):
     assert (_logits(model, ids) - before).abs().max() <= 1e-4
 
 
+def test_reference_embedding_centring_is_an_option():
+    """The reference centres the embeddings of every model. For LayerNorm (OPT) that is part of the
+    invariance and our default; for RMSNorm (Llama) it changes the function, so it is opt-in."""
+    ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(7))
+    opt = _with_random_norms(tiny_opt())
+    before = _logits(opt, ids)
+    fuse(opt, center_embeddings=True)
+    assert (_logits(opt, ids) - before).abs().max() <= 1e-4
+    llama = _with_random_norms(tiny_llama())
+    before = _logits(llama, ids)
+    fuse(llama, center_embeddings=True)
+    assert (_logits(llama, ids) - before).abs().max() > 1e-3
+    with pytest.raises(TypeError, match="center_embeddings"):
+        slice_model(tiny_llama(), torch.randint(0, 128, (2, 8)), 0.25, center_embeddings="yes")
+
+
 @pytest.mark.parametrize("arch", MAKERS)
 def test_rotation_without_slicing_keeps_the_logits(arch, ids, tiny_calib):
     model = _with_random_norms(MAKERS[arch]())
