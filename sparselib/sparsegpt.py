@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from contextlib import contextmanager
 
 import torch
 
@@ -77,6 +78,19 @@ def inverse_hessian_factor(H: torch.Tensor, percdamp: float = 0.01, retries: int
                      f"calibration data (too few tokens?) or raise percdamp")
 
 
+@contextmanager
+def _one_thread(T: torch.Tensor):
+    """CPU only: run the per-column steps on one thread. Each step touches at most blocksize × out
+    numbers; forking a second thread for it cost more than it saved (and much more on a busy machine)."""
+    threads = torch.get_num_threads()
+    if T.device.type == "cpu" and threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _column_loop(WT: torch.Tensor, U: torch.Tensor, groups: list[int], sparsity, n, m,
                  blocksize: int) -> torch.Tensor:
     """SparseGPT's column sweep, in place on ``WT = Wᵀ [in, out]`` (columns of W are contiguous rows
@@ -102,15 +116,16 @@ def _column_loop(WT: torch.Tensor, U: torch.Tensor, groups: list[int], sparsity,
                     P1[:, r0:r1] = flat.view(r1 - r0, i2 - i1).t()
         scale = P1 / d[:, None]           # 1/U_ii where pruned, 0 where kept
         E1 = torch.empty_like(W1)         # OBS errors of the block, one row per column of W
-        for i in range(i2 - i1):
-            if sparsity is None and i % m == 0:  # N:M mask of the next m columns, per row of W
-                s = W1[i:i + m].pow(2) / d[i:i + m, None].pow(2)
-                P1[i:i + m].scatter_(0, torch.topk(s, n, dim=0, largest=False).indices, True)
-                scale[i:i + m] = P1[i:i + m] / d[i:i + m, None]
-            # OBS for column i: err = (w - q) / U_ii with q = w with its pruned entries zeroed; the
-            # rest of the block moves by -U[i, i:] ⊗ err (which also turns w into q at column i).
-            torch.mul(W1[i], scale[i], out=E1[i])
-            W1[i:].addr_(U1[i, i:], E1[i], alpha=-1)
+        with _one_thread(WT):             # thin steps: a second thread costs more than it gives
+            for i in range(i2 - i1):
+                if sparsity is None and i % m == 0:  # N:M mask of the next m columns, per row of W
+                    s = W1[i:i + m].pow(2) / d[i:i + m, None].pow(2)
+                    P1[i:i + m].scatter_(0, torch.topk(s, n, dim=0, largest=False).indices, True)
+                    scale[i:i + m] = P1[i:i + m] / d[i:i + m, None]
+                # OBS for column i: err = (w - q) / U_ii with q = w with its pruned entries zeroed; the
+                # rest of the block moves by -U[i, i:] ⊗ err (which also turns w into q at column i).
+                torch.mul(W1[i], scale[i], out=E1[i])
+                W1[i:].addr_(U1[i, i:], E1[i], alpha=-1)
         WT[i2:].addmm_(U[i1:i2, i2:].t(), E1, alpha=-1)  # lazy batch update of all later columns
     return pruneT
 
