@@ -106,12 +106,13 @@ def run_layer(layer: nn.Module, batches: list) -> list:
 
 @torch.no_grad()
 def layerwise(model: nn.Module, calib: torch.Tensor, hessian: bool = False, batch_size: int = 8,
-              device=None):
+              device=None, only=None):
     """Walk the decoder layers with their calibration statistics.
 
     Yields ``(index, layer, linears, stats)`` with ``stats[name]`` a :class:`LinearStats` gathered by
     running the dense layer. The caller prunes ``linears`` in place; when it asks for the next layer,
-    the *pruned* layer is run to produce that layer's inputs.
+    the *pruned* layer is run to produce that layer's inputs. With ``only`` (a set of indices), the
+    other layers are run once to feed the next one and yielded with empty ``stats``.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     batches = [(h.to(device), _to(kw, device)) for h, kw in capture_inputs(model, calib, batch_size, device)]
@@ -119,6 +120,11 @@ def layerwise(model: nn.Module, calib: torch.Tensor, hessian: bool = False, batc
         home = next(layer.parameters()).device
         layer.to(device)
         linears = layer_linears(layer)
+        if only is not None and index not in only:  # left as it is: one pass feeds the next layer
+            yield index, layer, linears, {}
+            batches = run_layer(layer, batches)
+            layer.to(home)
+            continue
         stats: dict[str, LinearStats] = {}
         readers: dict[int, tuple] = {}  # id(input tensor) -> (tensor, stats) within one minibatch
 

@@ -180,7 +180,8 @@ def prune(model: nn.Module, method: str, sparsity, calib: torch.Tensor | None = 
     start = time.perf_counter()
     layers = decoder_layers(model)
     if spec.calibration:
-        walk = layerwise(model, calib, hessian=spec.hessian, batch_size=batch_size, device=device)
+        walk = layerwise(model, calib, hessian=spec.hessian, batch_size=batch_size, device=device,
+                         only=selected)
     else:
         walk = ((i, layer, layer_linears(layer), {}) for i, layer in enumerate(layers))
     for index, layer, linears, stats in tqdm(walk, total=len(layers), desc=f"{method} {pattern}",

@@ -139,3 +139,17 @@ def test_only_the_selected_layers_are_pruned(tiny_calib):
     assert all((weight_of(m) != 0).all() for m in layer_linears(decoder_layers(model)[0]).values())
     with pytest.raises(ValueError, match="0..1"):
         sparselib.prune(model, "wanda", 0.5, tiny_calib, layers=[2], progress=False)
+
+
+def test_a_layer_pruned_alone_sees_the_dense_inputs(tiny_calib):
+    """layers=[1]: layer 0 is left dense and only run to feed layer 1, so layer 1's statistics are
+    those of the dense model (checked against SparseGPT on the inputs module_inputs captures)."""
+    dense, model = tiny_llama(), tiny_llama()
+    sparselib.prune(model, "sparsegpt", 0.5, tiny_calib, layers=[1], progress=False)
+    q = decoder_layers(dense)[1].self_attn.q_proj
+    X = sparselib.calibration.module_inputs(dense, q, tiny_calib)
+    want, _ = sparselib.sparsegpt_prune(weight_of(q), 2 * X.T.double() @ X.double(), sparsity=0.5)
+    got = weight_of(decoder_layers(model)[1].self_attn.q_proj)
+    assert torch.equal(got == 0, want == 0)
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-5)
+    assert torch.equal(weight_of(decoder_layers(model)[0].self_attn.q_proj), weight_of(decoder_layers(dense)[0].self_attn.q_proj))

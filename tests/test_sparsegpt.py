@@ -177,3 +177,21 @@ def test_shared_sweep_rejects_bad_input():
         sparsegpt_prune_shared([], H, sparsity=0.5)
     with pytest.raises(ValueError, match="H must be"):
         sparsegpt_prune_shared([torch.randn(8, 128), torch.randn(8, 64)], H, sparsity=0.5)
+
+
+def test_k_smallest_matches_a_stable_sort_with_ties():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from sparselib.sparsegpt import _k_smallest
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.integers(0, 5), min_size=1, max_size=60), st.data())
+    def check(values, data):
+        x = torch.tensor(values, dtype=torch.float32)
+        k = data.draw(st.integers(1, len(values)))
+        want = torch.zeros_like(x, dtype=torch.bool)
+        want[torch.sort(x, stable=True).indices[:k]] = True
+        assert torch.equal(_k_smallest(x, k), want)
+
+    check()
