@@ -344,8 +344,11 @@ def test_eval_bad_input(tiny, capsys):
 # --------------------------------------------------------------------------------------------
 def _interrupt_while_pruning(argv, tmp_path, wait_after: float = 0.0):
     out = tmp_path / "out"
+    # as from a terminal: a shell that starts jobs in the background (nohup, `&` without job control)
+    # makes them ignore SIGINT, and Python then installs no KeyboardInterrupt handler
     proc = subprocess.Popen([sys.executable, "-m", "sparselib", "prune", *argv, "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = ""
     try:
         while "sparselib: pruning " not in seen:  # the log line printed when the pruning starts
