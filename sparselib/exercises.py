@@ -284,9 +284,7 @@ def check_magnitude_mask(fn) -> Feedback:
             if torch.equal(keep, unstructured_mask(W, s, per="row")):
                 return fb.fail(f"s={s}: you rank by w, not |w|: a large negative weight matters as much as a "
                                f"large positive one")
-            same_values = torch.equal(W.abs() * keep, W.abs() * want) or torch.equal(
-                torch.sort(W.abs() * keep, 1).values, torch.sort(W.abs() * want, 1).values)
-            if same_values:
+            if torch.equal(torch.sort(W.abs() * keep, 1).values, torch.sort(W.abs() * want, 1).values):
                 fb.note(f"s={s}: your mask keeps the same magnitudes but breaks ties differently "
                         f"(sparselib drops the lower index first, with a stable sort); fine for pruning")
                 continue
@@ -356,8 +354,8 @@ def check_wanda_24(fn) -> Feedback:
         return fb.fail("wrong axis: ‖X_j‖ is over the tokens (dim 0 of X [tokens, in]), one norm per input channel")
     if torch.equal(keep, nm_mask(W * input_norms(X), 2, 4)):
         return fb.fail("use |W|: a large negative weight matters as much as a positive one")
-    if torch.equal(keep, ~want | (keep & want)) or (wanda_scores(W, input_norms(X))[keep].mean()
-                                                    < wanda_scores(W, input_norms(X))[~keep].mean()):
+    S = wanda_scores(W, input_norms(X))
+    if torch.equal(keep, ~want) or S[keep].mean() < S[~keep].mean():
         return fb.fail("you keep the 2 lowest scores of each group; keep the 2 highest")
     return fb.fail(f"{int((keep != want).sum())} of {W.numel()} entries differ from the Wanda 2:4 mask; "
                    f"check the score |W_ij|·‖X_j‖₂ and that groups are consecutive inputs of a row")
