@@ -21,32 +21,62 @@ from .models import adapter_for, decoder_layers, get_module, layer_linears
 class LinearStats:
     """Running statistics of one linear's inputs ``X [tokens, in]``.
 
-    ``sq``: per-channel sum of squares over all tokens (``‖X_j‖₂² ``, Wanda).
-    ``H``:  running mean over calibration *samples* of ``2 XᵀX`` (SparseGPT's reference scaling;
-            the scale does not matter because damping is relative to ``mean(diag H)``).
+    ``H``:     running mean over calibration *samples* of ``2 XᵀX`` (SparseGPT's reference scaling;
+               the scale does not matter because damping is relative to ``mean(diag H)``). Gathered
+               only with ``hessian=True``.
+    ``norms``: ``‖X_j‖₂`` per input channel (Wanda): a float64 running sum of squares without ``H``;
+               with ``H`` it is read off its diagonal (``Σ_t x_tj² = diag(H)_j · nsamples / 2``).
     """
 
     def __init__(self, in_features: int, device, hessian: bool):
-        self.sq = torch.zeros(in_features, dtype=torch.float64, device=device)
-        self.H = torch.zeros(in_features, in_features, device=device) if hessian else None
+        self.sq = None if hessian else torch.zeros(in_features, dtype=torch.float64, device=device)
+        self._H = torch.zeros(in_features, in_features, device=device) if hessian else None
+        self._edges = _gram_edges(in_features)
+        self._mirrored = True
         self.nsamples = 0
         self.ntokens = 0
 
     def add(self, X: torch.Tensor, nsamples: int) -> None:
         X = X.reshape(-1, X.shape[-1]).float()
-        self.sq += X.pow(2).sum(0, dtype=torch.float64)
         self.ntokens += X.shape[0]
-        if self.H is not None:
-            total = self.nsamples + nsamples
-            self.H *= self.nsamples / total
-            X = X * (2.0 / total) ** 0.5
-            self.H.addmm_(X.t(), X)
+        if self._H is None:
+            self.sq += X.pow(2).sum(0, dtype=torch.float64)
+        else:
+            total = self.nsamples + nsamples  # H <- H · n/total + 2XᵀX/total: the running mean
+            _add_gram_upper(self._H, X, self._edges, beta=self.nsamples / total, alpha=2.0 / total)
+            self._mirrored = False
         self.nsamples += nsamples
+
+    @property
+    def H(self) -> torch.Tensor | None:
+        if self._H is not None and not self._mirrored:  # fill the lower blocks from the upper ones
+            e = self._edges
+            for a in range(len(e) - 2):
+                self._H[e[a + 1]:, e[a]:e[a + 1]] = self._H[e[a]:e[a + 1], e[a + 1]:].t()
+            self._mirrored = True
+        return self._H
 
     @property
     def norms(self) -> torch.Tensor:
         """``‖X_j‖₂`` per input channel (float32)."""
-        return self.sq.sqrt().float()
+        if self.sq is not None:
+            return self.sq.sqrt().float()
+        return (torch.diagonal(self.H).double() * (self.nsamples / 2)).sqrt().float()
+
+
+def _gram_edges(d: int, width: int = 256) -> list[int]:
+    """Column blocks of about ``width`` for :func:`_add_gram_upper`."""
+    k = max(1, -(-d // width))
+    return [round(i * d / k) for i in range(k + 1)]
+
+
+def _add_gram_upper(H: torch.Tensor, X: torch.Tensor, edges: list[int], beta: float = 1.0,
+                    alpha: float = 1.0) -> None:
+    """``H ← β·H + α·XᵀX`` on the blocks on and above the diagonal only: ``XᵀX`` is symmetric, so
+    the blocks below are copies (filled in by ``LinearStats.H``). About 40 % fewer flops than one
+    GEMM for the widths of small LLMs; this product is most of the cost of SparseGPT's statistics."""
+    for a, b in zip(edges, edges[1:]):
+        H[a:b, a:].addmm_(X[:, a:b].t(), X[:, a:], beta=beta, alpha=alpha)
 
 
 class _Stop(Exception):

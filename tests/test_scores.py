@@ -27,6 +27,22 @@ def test_running_statistics_equal_one_shot_norms():
     assert torch.allclose(stats.H, 2 * flat.t() @ flat / 4, rtol=1e-4, atol=1e-5)  # mean over samples
 
 
+def test_hessian_from_upper_blocks_equals_the_full_product():
+    # wide enough for several column blocks; H read between batches (mirrors, then keeps adding)
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(5, 40, 600, generator=g) * torch.linspace(0.5, 3, 600)
+    stats = LinearStats(600, "cpu", hessian=True)
+    assert len(stats._edges) > 2
+    for i in range(5):
+        stats.add(X[i:i + 1], 1)
+        flat = X[:i + 1].reshape(-1, 600)
+        expected = 2 * flat.t() @ flat / (i + 1)
+        assert torch.allclose(stats.H, expected, rtol=1e-4, atol=1e-3)
+        e = stats._edges[1]  # blocks below the diagonal are exact copies of those above
+        assert torch.equal(stats.H[e:, :e], stats.H[:e, e:].t())
+    assert torch.allclose(stats.norms, input_norms(X.reshape(-1, 600)), rtol=1e-5)
+
+
 def test_reference_mean_scaling_gives_the_same_mask():
     g = torch.Generator().manual_seed(2)
     W, X = torch.randn(8, 32, generator=g), torch.randn(100, 32, generator=g) * torch.linspace(0.1, 5, 32)
