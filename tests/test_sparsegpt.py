@@ -93,6 +93,17 @@ def test_cholesky_factor_gives_the_inverse():
     assert torch.allclose(U.t() @ U, torch.linalg.inv(Hd), rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("cols", [32, 300])  # 300: the triangular inverse recurses
+def test_cholesky_factor_is_the_references(cols):
+    # the reference's route: chol(H + λI) -> cholesky_inverse -> chol(upper); U is unique, so ours must match
+    _, _, H = correlated_problem(6, cols=cols)
+    Hd = H.double() + 0.01 * torch.diag(H.double()).mean() * torch.eye(cols, dtype=torch.float64)
+    reference = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(Hd)), upper=True)
+    U = inverse_hessian_factor(H.double(), 0.01)
+    assert torch.equal(U, U.triu()) and bool((U.diagonal() > 0).all())
+    assert torch.allclose(U, reference, rtol=1e-8, atol=1e-10 * float(reference.abs().max()))
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"sparsity": 0.5, "n": 2, "m": 4}, "not both"),
     ({}, "neither"),
@@ -145,11 +156,12 @@ def naive_obs(W, H, sparsity=None, n=None, m=None, blocksize=32, percdamp=0.01):
     return W, ~prune
 
 
-@pytest.mark.parametrize("pattern", [{"sparsity": 0.5}, {"n": 2, "m": 4}])
-def test_cholesky_and_lazy_batches_equal_textbook_sequential_obs(pattern):
+@pytest.mark.parametrize("blocksize", [32, 64])  # 64: two 32-column slices inside each block
+@pytest.mark.parametrize("pattern", [{"sparsity": 0.5}, {"n": 2, "m": 4}, {"n": 4, "m": 8}])
+def test_cholesky_and_lazy_batches_equal_textbook_sequential_obs(pattern, blocksize):
     W, _, H = correlated_problem(8, rows=8, cols=64)
-    W_ref, keep_ref = naive_obs(W, H, blocksize=32, **pattern)
-    W_hat, keep = sparsegpt_prune(W.double(), H.double(), blocksize=32, **pattern)
+    W_ref, keep_ref = naive_obs(W, H, blocksize=blocksize, **pattern)
+    W_hat, keep = sparsegpt_prune(W.double(), H.double(), blocksize=blocksize, **pattern)
     assert torch.equal(keep, keep_ref)
     assert torch.allclose(W_hat, W_ref, atol=1e-6)
 
@@ -179,6 +191,20 @@ def test_shared_sweep_rejects_bad_input():
         sparsegpt_prune_shared([torch.randn(8, 128), torch.randn(8, 64)], H, sparsity=0.5)
 
 
+@pytest.mark.parametrize("fraction", [0.0001, 0.3, 0.5, 0.7, 0.9999])
+def test_kth_value_of_a_block_is_exact(fraction):
+    # large enough for the sampled bracket; heavy-tailed like real scores, and a block whose evenly
+    # spaced sample sees only outliers (the bracket misses: the answer must not change)
+    from sparselib.sparsegpt import _kth_value, _prime_at_least
+    g = torch.Generator().manual_seed(7)
+    fooled = torch.rand(128 * 960, generator=g)
+    fooled[:: _prime_at_least(fooled.numel() // 4096)] += 1000
+    for x in (torch.randn(128, 960, generator=g).pow(2) * torch.rand(960, generator=g), fooled):
+        flat = x.reshape(-1)
+        k = max(1, int(flat.numel() * fraction))
+        assert _kth_value(flat, k) == torch.sort(flat).values[k - 1].item()
+
+
 def test_k_smallest_matches_a_stable_sort_with_ties():
     from hypothesis import given, settings
     from hypothesis import strategies as st
@@ -193,5 +219,11 @@ def test_k_smallest_matches_a_stable_sort_with_ties():
         want = torch.zeros_like(x, dtype=torch.bool)
         want[torch.sort(x, stable=True).indices[:k]] = True
         assert torch.equal(_k_smallest(x, k), want)
+        # a transposed 2-D view (how a block's scores are passed): ties follow the view's row-major order
+        cols = data.draw(st.sampled_from([c for c in range(1, len(values) + 1) if len(values) % c == 0]))
+        view = x.view(cols, -1).t()
+        want2 = torch.zeros(view.numel(), dtype=torch.bool)
+        want2[torch.sort(view.reshape(-1), stable=True).indices[:k]] = True
+        assert torch.equal(_k_smallest(view, k), want2.view(view.shape))
 
     check()
