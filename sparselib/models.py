@@ -121,13 +121,27 @@ def layer_linears(layer: nn.Module) -> dict[str, nn.Module]:
 
 def weight_of(module: nn.Module) -> torch.Tensor:
     """The weight as ``W [out_features, in_features]`` (a view: Conv1D stores it transposed)."""
-    return module.weight.data.t() if type(module).__name__ == "Conv1D" else module.weight.data
+    return module.weight.data.t() if _transposed(module) else module.weight.data
 
 
-def set_weight(module: nn.Module, W: torch.Tensor) -> None:
-    """Write ``W [out, in]`` back into the module, in the module's own layout and dtype."""
+def _transposed(module: nn.Module) -> bool:
+    return type(module).__name__ == "Conv1D"  # GPT-2's linear layer stores W as [in, out]
+
+
+def set_weight(module: nn.Module, W: torch.Tensor, *, adopt: bool = False) -> None:
+    """Write ``W [out, in]`` back into the module, in the module's own layout and dtype.
+
+    ``adopt=True`` (for a fresh ``W`` that nothing else uses): when ``W`` already has the
+    parameter's shape, dtype, device and layout, the parameter takes over ``W``'s memory instead of
+    copying into its own: no copy, and no page faults on the first write to memory the loader
+    handed out but never wrote (as with weights read from a safetensors file).
+    """
     target = weight_of(module)
-    target.copy_(W.to(target.dtype))
+    if (adopt and not _transposed(module) and W.shape == target.shape and W.stride() == target.stride()
+            and W.dtype == target.dtype and W.device == target.device):
+        module.weight.data = W
+    else:
+        target.copy_(W.to(target.dtype))
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -41,7 +41,9 @@ def _sparsegpt(Ws: list[torch.Tensor], stats: LinearStats, pattern: Pattern, blo
                percdamp: float = 0.01):
     # takes every linear that reads the same input at once: they share H (see sparsegpt_prune_shared)
     nm = dict(n=pattern.n, m=pattern.m) if pattern.is_nm else dict(sparsity=pattern.sparsity)
-    return [W for W, _ in sparsegpt_prune_shared(Ws, stats.H, blocksize=blocksize, percdamp=percdamp, **nm)]
+    # prune() checked every weight before the first layer, and LinearStats.H is symmetric by construction
+    return [W for W, _ in sparsegpt_prune_shared(Ws, stats.H, blocksize=blocksize, percdamp=percdamp,
+                                                 _check_tensors=False, **nm)]
 
 
 @dataclass(frozen=True)
@@ -199,7 +201,7 @@ def prune(model: nn.Module, method: str, sparsity, calib: torch.Tensor | None = 
                 new = [spec.fn(Ws[0], stats.get(names[0]), pattern, **options)]
             seconds = (time.perf_counter() - t) / sum(W.numel() for W in Ws)  # shared time, by size
             for name, W, W_new in zip(names, Ws, new):
-                set_weight(linears[name], W_new)
+                set_weight(linears[name], W_new, adopt=True)  # every method returns a fresh tensor
                 s = (weight_of(linears[name]) == 0).sum().item() / W.numel()
                 report.records.append(LinearRecord(index, name, tuple(W.shape), s, seconds * W.numel()))
     report.seconds = time.perf_counter() - start

@@ -153,3 +153,32 @@ def test_a_layer_pruned_alone_sees_the_dense_inputs(tiny_calib):
     assert torch.equal(got == 0, want == 0)
     torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-5)
     assert torch.equal(weight_of(decoder_layers(model)[0].self_attn.q_proj), weight_of(decoder_layers(dense)[0].self_attn.q_proj))
+
+
+def test_pruning_keeps_the_parameter_objects(tiny_model, tiny_calib):
+    # the pipeline hands each fresh pruned weight to its parameter (no copy); optimisers, hooks and
+    # tied references that hold the Parameter must still see it
+    params = dict(tiny_model.named_parameters())
+    grads = {n: p.requires_grad for n, p in params.items()}
+    sparselib.prune(tiny_model, "wanda", 0.5, tiny_calib, progress=False)
+    for name, p in tiny_model.named_parameters():
+        assert p is params[name] and p.requires_grad == grads[name], name
+    assert all((weight_of(m) == 0).any() for l in decoder_layers(tiny_model) for m in layer_linears(l).values())
+
+
+def test_set_weight_adopts_only_a_matching_tensor():
+    from transformers.pytorch_utils import Conv1D
+
+    from sparselib.models import set_weight
+    linear, W = torch.nn.Linear(8, 4), torch.randn(4, 8)
+    set_weight(linear, W, adopt=True)
+    assert linear.weight.data_ptr() == W.data_ptr()  # taken over, not copied
+    W16 = torch.randn(4, 8, dtype=torch.float16)
+    set_weight(linear, W16, adopt=True)
+    assert linear.weight.dtype == torch.float32 and torch.equal(linear.weight.data, W16.float())
+    conv, W2 = Conv1D(4, 8), torch.randn(4, 8)  # Conv1D stores [in, out]
+    set_weight(conv, W2, adopt=True)
+    assert conv.weight.shape == (8, 4) and torch.equal(conv.weight.data, W2.t())
+    plain = torch.randn(4, 8)
+    set_weight(linear, plain)  # default: copy into the parameter's own memory
+    assert linear.weight.data_ptr() != plain.data_ptr() and torch.equal(linear.weight.data, plain)
