@@ -25,20 +25,15 @@ import torch
 log = logging.getLogger(__name__)
 
 
-def _check_W(W):
-    if not isinstance(W, torch.Tensor) or W.dim() != 2:
-        raise ValueError("W must be a 2-D tensor [out_features, in_features]")
-    if not torch.isfinite(W).all():
-        raise ValueError("W contains NaN or Inf; fix the weights before pruning")
-
-
 def _check(Ws, H, sparsity, n, m, blocksize, percdamp, tensors: bool = True):
     """Bad input -> ValueError. ``tensors=False`` (the pipeline, whose weights were checked before
     the first layer and whose ``H`` is symmetric by construction) skips the passes over ``W`` and
     the symmetry test, and keeps the cheap ones."""
-    if tensors:
-        for W in Ws:
-            _check_W(W)
+    for W in Ws:
+        if not isinstance(W, torch.Tensor) or W.dim() != 2:
+            raise ValueError("W must be a 2-D tensor [out_features, in_features]")
+        if tensors and not torch.isfinite(W).all():
+            raise ValueError("W contains NaN or Inf; fix the weights before pruning")
     cols = Ws[0].shape[1]
     if any(W.shape[1] != cols for W in Ws) or not isinstance(H, torch.Tensor) or H.shape != (cols, cols):
         got = tuple(H.shape) if isinstance(H, torch.Tensor) else type(H).__name__
