@@ -28,13 +28,14 @@ from types import SimpleNamespace
 
 import torch
 
-from . import EVAL_SEQLEN, EVAL_TOKENS, __version__
+from .eval import EVAL_SEQLEN, EVAL_TOKENS
+from .version import __version__
 from .data import DATASETS, calibration_data, load_text, test_data
 from .eval import check_seqlen, perplexity
 from .models import OFFLINE_MODEL, adapter_for, cache_dir, decoder_layers, gguf_path, layer_linears, load_model, weight_of
 from .masks import parse_sparsity
 from .prune import METHODS, _validate as _validate_prune, model_sparsity, prune
-from .results import provenance
+from .course.results import provenance
 from .semistructured import can_use_sparse_kernels
 from .slicegpt import SlicedLayer, _validate as _validate_slice, slice_model, write_sliced
 

@@ -14,6 +14,12 @@ from tqdm.auto import tqdm
 
 from .models import model_device
 
+#: The course's standard evaluation slice: the first 16,384 tokens of the Brown test split
+#: (64 windows of 256), so a CPU evaluation takes about 40 s. Benchmarks and chapters all use it.
+EVAL_TOKENS = 16384
+#: The course's standard evaluation window length.
+EVAL_SEQLEN = 256
+
 
 def max_positions(model) -> int | None:
     config = getattr(model, "config", None)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import sparselib
 from sparselib import magnitude_scores, nm_mask, unstructured_mask, wanda_scores
-from sparselib.viz import MODES, SPARSITIES
+from sparselib.course.viz import MODES, SPARSITIES
 
 
 def embedded(page: str) -> list[dict]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 
 
 def _cpu_name() -> str:
@@ -31,7 +31,7 @@ def provenance(script: str, **protocol) -> dict:
     """Where, when and on what a measurement was made."""
     import transformers
 
-    from . import __version__
+    from ..version import __version__
 
     info = {
         "script": script,

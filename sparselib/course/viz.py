@@ -27,8 +27,8 @@ from typing import Sequence
 
 import torch
 
-from .masks import nm_mask, parse_sparsity, unstructured_mask
-from .scores import magnitude_scores, wanda_scores
+from ..masks import nm_mask, parse_sparsity, unstructured_mask
+from ..scores import magnitude_scores, wanda_scores
 
 #: The views, in button order, and their labels.
 MODES: tuple[str, ...] = ("dense", "magnitude", "wanda", "2:4")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-QUIZ_DIR = Path(__file__).resolve().parent / "quizzes"
+QUIZ_DIR = Path(__file__).resolve().parent.parent / "quizzes"
 _TYPES = {"multiple_choice", "many_choice", "numeric"}
 
 

@@ -18,10 +18,10 @@ from numbers import Real
 import torch
 from torch import nn
 
-from .format24 import storage_bytes
-from .masks import nm_mask, unstructured_mask
-from .scores import input_norms, magnitude_scores, wanda_scores
-from .sparsegpt import sparsegpt_prune
+from ..format24 import storage_bytes
+from ..masks import nm_mask, unstructured_mask
+from ..scores import input_norms, magnitude_scores, wanda_scores
+from ..sparsegpt import sparsegpt_prune
 
 
 @dataclass
@@ -297,7 +297,7 @@ def check_magnitude_mask(fn) -> Feedback:
 def check_magnitude_types(model, removed_attn, removed_mlp, ppl_dense, ppl_attn, ppl_mlp) -> Feedback:
     """ex-magnitude-types: how many weights you removed from attention and from the MLPs (50 % of
     each), and the three perplexities. Counts are checked exactly; the costs are yours to interpret."""
-    from .models import decoder_layers, layer_linears, weight_of
+    from ..models import decoder_layers, layer_linears, weight_of
 
     fb = Feedback("ex-magnitude-types")
     if not isinstance(model, nn.Module):
@@ -440,7 +440,7 @@ def check_blocksize_claim(W, H, same_for_24: bool, same_for_unstructured: bool) 
 def check_fold(fn) -> Feedback:
     """ex-slicegpt-fold: your ``fn(ln, lin)`` -> ``(W', b')`` so that a bare RMSNorm followed by
     ``x @ W'.T + b'`` equals ``lin(ln(x))`` for mean-free ``x``."""
-    from .slicegpt import RMSNorm
+    from ..slicegpt import RMSNorm
 
     _callable(fn, "check_fold(fold)")
     fb = Feedback("ex-slicegpt-fold")
@@ -499,7 +499,7 @@ def check_sliced_params(fn) -> Feedback:
     sliced to width ``d`` (head not sliced). Checked against a real slice of a small random model."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from .slicegpt import slice_model
+    from ..slicegpt import slice_model
 
     _callable(fn, "check_sliced_params(sliced_params)")
     fb = Feedback("ex-slicegpt-count")
@@ -533,8 +533,8 @@ def check_sliced_params(fn) -> Feedback:
 def check_slice_head(model, params_after, ideal_ratio) -> Feedback:
     """ex-slicegpt-head: for ``model`` sliced with ``slice_head=True``, your parameter count and ideal
     speed ratio (dense matmul weights / sliced)."""
-    from .models import decoder_layers
-    from .slicegpt import SlicedLayer, matmul_weights
+    from ..models import decoder_layers
+    from ..slicegpt import SlicedLayer, matmul_weights
 
     fb = Feedback("ex-slicegpt-head")
     if not isinstance(model, nn.Module) or not isinstance(decoder_layers(model)[0], SlicedLayer):
@@ -565,7 +565,7 @@ def check_slice_head(model, params_after, ideal_ratio) -> Feedback:
 # --------------------------------------------------------------------------------------------
 def check_meta_byte(first_group, second_group) -> Feedback:
     """ex-stc-meta-byte: the kept positions (two per group) you read from the byte ``0b11010100``."""
-    from .format24 import compress_24
+    from ..format24 import compress_24
 
     fb = Feedback("ex-stc-meta-byte")
     for g, name in ((first_group, "first_group"), (second_group, "second_group")):
@@ -647,7 +647,7 @@ CHECKERS = {
 # --------------------------------------------------------------------------------------------
 def check_stored_size_24(model, nbytes) -> Feedback:
     """ex-compare-size24: your fp16 size in bytes of ``model`` with every decoder linear in 2:4 format."""
-    from .models import decoder_layers, layer_linears, weight_of
+    from ..models import decoder_layers, layer_linears, weight_of
 
     fb = Feedback("ex-compare-size24")
     if not isinstance(model, nn.Module):
@@ -839,7 +839,7 @@ def check_sliced_checkpoint(out, params_dense, params_sliced) -> Feedback:
 def check_sweep_table(table: dict, least) -> Feedback:
     """ex-cli-sweep: ``{"2:4": ppl, "4:8": ppl, "0.5": ppl}`` read from your three report.json files
     (Wanda, default options) and the pattern you found costs the least, against the recorded sweep."""
-    from . import EVAL_TOKENS
+    from ..eval import EVAL_TOKENS
     from .results import load_result, sweep_point
 
     fb = Feedback("ex-cli-sweep")
