@@ -1,0 +1,247 @@
+"""Every argument check, in one place: one rule per argument, the same for every entry point.
+
+``prune``, ``slice_model``, ``perplexity``, the data functions, ``load_model`` and the ``sparselib``
+command all call these. A check takes plain values (a vocabulary size, a maximum number of positions,
+a config), not a model, so the command line can run it before anything heavy is loaded. A failed check
+raises ``TypeError`` (wrong kind of value) or ``ValueError`` (wrong value) with the fix in the message,
+and changes nothing. ``name`` is what the message calls the argument (``"seqlen"``, or ``"--seqlen"``
+for the command line).
+
+This module is the bottom layer of the library: it imports only torch and the adapter table.
+"""
+from __future__ import annotations
+
+import math
+import os
+import socket
+from numbers import Real
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from .adapters import ADAPTERS
+
+DATASETS = ("brown", "wikitext2")
+
+
+# --------------------------------------------------------------------------------------------
+# Plain values
+# --------------------------------------------------------------------------------------------
+def check_int(value, name: str, minimum: int = 1) -> int:
+    """An ``int`` (not a bool) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def check_batch_size(batch_size, name: str = "batch_size") -> int:
+    """Windows per forward pass: an int >= 1."""
+    return check_int(batch_size, name, 1)
+
+
+def check_choice(value, choices, name: str, hint: str = ""):
+    """One of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(str, choices))}{hint}")
+    return value
+
+
+def check_dataset(dataset, name: str = "dataset") -> str:
+    """``"brown"`` (ships with sparselib) or ``"wikitext2"`` (needs the network)."""
+    return check_choice(dataset, DATASETS, name, " ('brown' ships with sparselib and works offline)")
+
+
+def check_split(split) -> str:
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    return split
+
+
+def check_fraction(value, name: str = "sparsity", meaning: str = "the fraction of weights removed") -> float:
+    """A number in ``[0, 1)``."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a number in [0, 1) such as 0.25, not {value!r}")
+    if math.isnan(value) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be in [0, 1) ({meaning}), got {value}")
+    return float(value)
+
+
+def max_positions(config) -> int | None:
+    """The longest sequence ``config`` (or a model's ``.config``) allows; None when it does not say."""
+    config = getattr(config, "config", config)
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def check_seqlen(seqlen, limit: int | None = None, name: str = "seqlen") -> int:
+    """Tokens per window: an int >= 2 (one token predicted from another), at most ``limit``
+    (the model's maximum positions, :func:`max_positions`) when that is known."""
+    check_int(seqlen, name, 2)
+    if limit is not None and seqlen > limit:
+        raise ValueError(f"{name}={seqlen} is above the model's maximum of {limit} positions; "
+                         f"use {name} <= {limit}")
+    return seqlen
+
+
+def check_nm_fits(cols: int, m: int, pattern: str, where: str = "this matrix") -> None:
+    """An N:M pattern groups ``m`` consecutive inputs, so the input dimension must divide by ``m``."""
+    if cols % m:
+        raise ValueError(f"{pattern} needs every input dimension to be a multiple of {m}; "
+                         f"{where} has {cols} inputs")
+
+
+def check_device(device) -> torch.device:
+    """A CPU or visible CUDA device (``None`` = CPU)."""
+    if device is None:
+        return torch.device("cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a device sparselib runs on; use 'cpu' or 'cuda' "
+                         f"('cuda:1', ...)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {str(device)!r} is not a device sparselib runs on; use cpu or cuda (cuda:1, ...)")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {str(device)!r}: no CUDA GPU is visible here (torch.cuda.is_available() "
+                             f"is False); use device cpu (`sparselib info` shows what this machine has)")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {str(device)!r}: this machine has {count} CUDA GPU(s); use cuda:0 .. "
+                             f"cuda:{count - 1}")
+    return device
+
+
+# --------------------------------------------------------------------------------------------
+# Tensors
+# --------------------------------------------------------------------------------------------
+def check_matrix(x, name: str = "W", layout: str = "[out_features, in_features]") -> torch.Tensor:
+    """A finite 2-D tensor (weights ``W``, scores ``S``, ...)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a 2-D torch.Tensor {layout}, not {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be a 2-D tensor {layout}, got shape {tuple(x.shape)}")
+    if (x.is_floating_point() or x.is_complex()) and not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or Inf; pass finite values (fix the weights before pruning)")
+    return x
+
+
+def check_token_ids(ids, vocab_size: int | None = None, limit: int | None = None,
+                    name: str = "calib") -> torch.Tensor:
+    """Calibration ids: a non-empty LongTensor ``[nsamples, seqlen]`` whose ids lie in
+    ``[0, vocab_size)`` and whose ``seqlen`` passes :func:`check_seqlen` against ``limit``."""
+    if ids is None:
+        raise ValueError(f"{name} is missing: this method needs calibration data, "
+                         f"{name} = sparselib.calibration_data(tokenizer)")
+    if not isinstance(ids, torch.Tensor) or ids.dtype != torch.long or ids.dim() != 2:
+        raise TypeError(f"{name} must be a LongTensor [nsamples, seqlen] of token ids, "
+                        f"e.g. sparselib.calibration_data(tokenizer)")
+    if ids.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(ids.shape)}); use nsamples >= 1 and seqlen >= 2 "
+                         f"in sparselib.calibration_data")
+    check_seqlen(ids.shape[1], limit, f"{name} seqlen")
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or (vocab_size is not None and high >= vocab_size):
+        raise ValueError(f"{name} holds token ids outside [0, {vocab_size}) (from {low} to {high}); "
+                         f"tokenize with this model's tokenizer")
+    return ids
+
+
+# --------------------------------------------------------------------------------------------
+# Models: what a config alone can tell, and where a model comes from
+# --------------------------------------------------------------------------------------------
+def check_model_type(model_type) -> str:
+    """An architecture in the adapter table."""
+    if model_type not in ADAPTERS:
+        raise ValueError(
+            f"architecture {model_type!r} is not supported by sparselib; supported model_type values: "
+            f"{', '.join(sorted(ADAPTERS))}. Add an entry to sparselib.models.ADAPTERS to support it.")
+    return model_type
+
+
+def check_causal_lm(config, name: str = "model") -> None:
+    """A decoder-only causal LM whose architecture sparselib knows."""
+    archs = getattr(config, "architectures", None) or []
+    if getattr(config, "is_encoder_decoder", False) or (
+            archs and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)):
+        raise ValueError(f"{name} is a {config.model_type} model ({', '.join(archs) or 'encoder-decoder'}), "
+                         f"not a causal language model; sparselib prunes decoder-only causal LMs "
+                         f"(Llama family, Qwen2, Mistral, OPT, GPT-2)")
+    check_model_type(getattr(config, "model_type", None))
+
+
+def check_slicing(config, sparsity, name: str = "sparsity") -> float:
+    """What SliceGPT needs of a model's config: a pre-norm architecture with its layer parts in the
+    adapter table, not already sliced, no embedding projection, and a ``sparsity`` (fraction of the
+    hidden size to delete) that keeps at least 8 dimensions."""
+    from .slicegpt import kept_dim  # the kept width is the algorithm's rule; imported when used
+
+    sparsity = check_fraction(sparsity, name, "the fraction of the hidden size to delete; e.g. 0.25")
+    model_type = str(getattr(config, "model_type", None))
+    if model_type.startswith("sparselib_sliced_"):
+        raise ValueError("this model is already sliced; slice the dense model once (reload it, "
+                         "e.g. sparselib.load_model()), with the sparsity you want")
+    adapter = ADAPTERS.get(model_type)
+    if adapter is None or not adapter.sliceable(config):
+        supported = ", ".join(k for k in sorted(ADAPTERS) if ADAPTERS[k].norms and not k.startswith("sparselib_"))
+        raise ValueError(f"SliceGPT supports pre-LN models of type {supported} (not post-LN OPT-350M); "
+                         f"for {model_type!r}, add its layer parts to sparselib.models.ADAPTERS")
+    D = config.hidden_size
+    if getattr(config, "word_embed_proj_dim", D) != D:
+        raise ValueError("SliceGPT needs word_embed_proj_dim == hidden_size (no project_in/out)")
+    if kept_dim(D, sparsity) == 0:
+        raise ValueError(f"{name}={sparsity} keeps {int((1 - sparsity) * D)} of {D} dimensions, which "
+                         f"rounds down to 0 (multiples of 8); use {name} <= {1 - 8 / D:.3f}")
+    return sparsity
+
+
+def check_model_dir(path, fix: str) -> Path:
+    """A local directory written by ``save_pretrained``: config.json and safetensors weights."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ValueError(f"model {str(path)!r}: no such file or directory; {fix}")
+    if not path.is_dir():
+        raise ValueError(f"model {str(path)!r} is a file, not a model directory; {fix}")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"model {str(path)!r} is not a model directory (no config.json); {fix}")
+    if not any(path.glob("*.safetensors")):
+        raise ValueError(f"model {str(path)!r} has no .safetensors weights; sparselib loads only safetensors "
+                         f"(re-save the model with save_pretrained)")
+    return path
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the Hugging Face Hub can be reached: False at once under ``HF_HUB_OFFLINE``, else a
+    TCP connection to the endpoint within ``timeout`` seconds (instead of the client's ~50 s of retries)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def check_hub_id(repo_id: str, fix: str) -> None:
+    """A Hugging Face id that is in the local cache, or else one the Hub can be asked about now.
+    Without a network this fails at once, naming ``fix``."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(repo_id, "config.json")
+    except ValueError:  # not even shaped like an id ("a b", "x//y")
+        raise ValueError(f"model {repo_id!r} is neither a local directory nor a Hugging Face id; {fix}") from None
+    if isinstance(cached, str) or hub_reachable():
+        return
+    raise ValueError(f"model {repo_id!r} is not a local directory nor in the local Hugging Face cache, and the "
+                     f"Hub cannot be reached (offline); {fix}")
