@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 # not under _build/: nbmake skips notebooks below a _build folder
 CI_DIR := .ci-book
 
-.PHONY: setup book test unit notebooks browser clean
+.PHONY: setup book test unit notebooks browser clean mathjax
 
 setup: $(VENV)/.installed
 
@@ -21,22 +21,32 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
+# MathJax 3 from npm (tools/mathjax/package-lock.json), copied into each built book's _static/mathjax
+# (_config.yml's mathjax_path points there): formulas render with no network.
+MATHJAX := tools/mathjax/node_modules/mathjax/es5
+mathjax: $(MATHJAX)/tex-mml-chtml.js
+$(MATHJAX)/tex-mml-chtml.js: tools/mathjax/package-lock.json
+	cd tools/mathjax && npm ci --no-audit --no-fund
+	touch $@
+
 # The main job: execute every chapter (jupyter-book's execution cache) and build the HTML book.
-book: setup
+book: setup mathjax
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/jupyter-book build . -W --keep-going
+	rm -rf _build/html/_static/mathjax && cp -r $(MATHJAX) _build/html/_static/mathjax
 
 unit: setup
 	$(BIN)/python -m pytest -q tests
 
 # Execute each chapter once, on a copy (the committed notebooks stay output-free), then build the book
 # from those outputs with execution off.
-notebooks: setup
+notebooks: setup mathjax
 	rm -rf $(CI_DIR) && mkdir -p $(CI_DIR)
 	cp -r _toc.yml references.bib *.md chapters $(CI_DIR)/
 	sed 's/^\(\s*execute_notebooks:\).*/\1 "off"/' _config.yml > $(CI_DIR)/_config.yml
 	cd $(CI_DIR) && PATH="$(CURDIR)/$(BIN):$$PATH" $(CURDIR)/$(BIN)/python -m pytest -q -p no:cacheprovider \
 		--nbmake --nbmake-timeout=900 --overwrite --durations=0 chapters
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/jupyter-book build $(CI_DIR) -W --keep-going
+	rm -rf $(CI_DIR)/_build/html/_static/mathjax && cp -r $(MATHJAX) $(CI_DIR)/_build/html/_static/mathjax
 
 # The built book in headless Chromium, no kernel behind it (tests/browser/book.test.mjs): the sparsity
 # visualizer shows sparselib's masks for every rule, the quizzes grade answers; screenshots go to
