@@ -17,9 +17,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .calibration import LinearStats, layerwise
-from .eval import check_seqlen
+from .checks import check_choice, check_matrix, check_nm_fits, check_token_ids, max_positions
 from .masks import Pattern, mask_for, parse_sparsity
 from .models import adapter_for, decoder_layers, layer_linears, set_weight, weight_of
+from .owl import resolve_layer_sparsity
 from .scores import magnitude_scores, wanda_scores
 from .sparsegpt import sparsegpt_prune_shared
 
@@ -82,6 +83,7 @@ class PruneReport:
     options: dict
     records: list[LinearRecord] = field(default_factory=list)
     seconds: float = 0.0
+    layer_targets: list[float] | None = None  # per-layer sparsity asked for (layer_sparsity=)
 
     @property
     def sparsity(self) -> float:
@@ -99,7 +101,7 @@ class PruneReport:
 
     def to_dict(self) -> dict:
         return {"method": self.method, "pattern": self.pattern, "options": self.options,
-                "sparsity": self.sparsity, "seconds": self.seconds,
+                "sparsity": self.sparsity, "seconds": self.seconds, "layer_targets": self.layer_targets,
                 "linears": [r.__dict__ for r in self.records]}
 
     def __str__(self) -> str:
@@ -115,46 +117,29 @@ class PruneReport:
 # --------------------------------------------------------------------------------------------
 # Validation: everything is checked before the first weight changes
 # --------------------------------------------------------------------------------------------
-def _validate(model, method, pattern, calib, options):
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+def _validate(model, method, pattern, calib, options) -> None:
+    """Every check, through :mod:`sparselib.checks`, before the first weight changes."""
+    check_choice(method, METHODS, "method")
     spec = METHODS[method]
     unknown = set(options) - set(spec.options)
     if unknown:
         raise TypeError(f"{method} takes no option(s) {', '.join(sorted(unknown))}; "
                         f"its options are: {', '.join(spec.options) or 'none'}")
-    if "per" in options and options["per"] not in ("row", "matrix"):
-        raise ValueError(f"per must be 'row' or 'matrix', not {options['per']!r}")
-    adapter_for(model)
-    layers = decoder_layers(model)
-    for i, layer in enumerate(layers):
+    if "per" in options:
+        check_choice(options["per"], ("row", "matrix"), "per")
+    adapter_for(model)  # the architecture is in the table
+    for i, layer in enumerate(decoder_layers(model)):
         for name, module in layer_linears(layer).items():
             W = weight_of(module)
-            if pattern.is_nm and W.shape[1] % pattern.m:
-                raise ValueError(f"{pattern} needs every input dimension to be a multiple of "
-                                 f"{pattern.m}; layer {i} {name} has {W.shape[1]} inputs")
-            if not torch.isfinite(W).all():
-                raise ValueError(f"layer {i} {name} has NaN or Inf weights; the model is damaged, "
-                                 f"reload it before pruning")
+            if pattern.is_nm:
+                check_nm_fits(W.shape[1], pattern.m, str(pattern), f"layer {i} {name}")
+            check_matrix(W, f"layer {i} {name}")
     if spec.calibration:
-        if calib is None:
-            raise ValueError(f"{method} needs calibration data: calib = "
-                             f"sparselib.calibration_data(tokenizer)")
-        if not isinstance(calib, torch.Tensor) or calib.dtype != torch.long or calib.dim() != 2:
-            raise TypeError("calib must be a LongTensor [nsamples, seqlen] of token ids, "
-                            "e.g. sparselib.calibration_data(tokenizer)")
-        if calib.shape[0] == 0 or calib.shape[1] == 0:
-            raise ValueError(f"calib is empty (shape {tuple(calib.shape)}); use nsamples >= 1 and "
-                             f"seqlen >= 2 in sparselib.calibration_data")
-        check_seqlen(model, calib.shape[1])
-        vocab = getattr(model.config, "vocab_size", None)
-        if vocab is not None and int(calib.max()) >= vocab:
-            raise ValueError(f"calib holds token id {int(calib.max())} but the model's vocabulary has "
-                             f"{vocab}; tokenize with this model's tokenizer")
+        check_token_ids(calib, getattr(model.config, "vocab_size", None), max_positions(model.config))
 
 
 def prune(model: nn.Module, method: str, sparsity, calib: torch.Tensor | None = None, *,
-          layers=None, batch_size: int = 8, device=None, progress: bool = True,
+          layers=None, layer_sparsity=None, batch_size: int = 8, device=None, progress: bool = True,
           **options) -> PruneReport:
     """Prune ``model`` in place and return a :class:`PruneReport`.
 
@@ -164,12 +149,16 @@ def prune(model: nn.Module, method: str, sparsity, calib: torch.Tensor | None = 
     device:   where each layer is processed (default: where the model is). With "cuda" and a model on
               CPU, one decoder layer at a time is moved to the GPU with its activations.
     layers:   indices of the decoder layers to prune (default: all); the others stay dense.
+    layer_sparsity: one fraction per decoder layer (size-weighted mean = ``sparsity``), or "owl" for
+              OWL's outlier-weighted fractions (:mod:`sparselib.owl`); unstructured only.
     options:  the method's own: magnitude/wanda ``per="matrix"|"row"``; sparsegpt ``blocksize``,
               ``percdamp``.
     Bad input raises ValueError/TypeError before any weight changes.
     """
     pattern = parse_sparsity(sparsity)
     _validate(model, method, pattern, calib, options)
+    per_layer = None if layer_sparsity is None else resolve_layer_sparsity(
+        model, method, pattern, calib, layer_sparsity, layers, batch_size=batch_size, device=device)
     spec = METHODS[method]
     count = len(decoder_layers(model))
     if layers is None:
@@ -178,7 +167,7 @@ def prune(model: nn.Module, method: str, sparsity, calib: torch.Tensor | None = 
         selected = set(layers)
         if not selected or not all(isinstance(i, int) and 0 <= i < count for i in selected):
             raise ValueError(f"layers must be indices in 0..{count - 1}, got {sorted(layers, key=str)}")
-    report = PruneReport(method, str(pattern), dict(options))
+    report = PruneReport(method, str(pattern), dict(options), layer_targets=per_layer)
     start = time.perf_counter()
     layers = decoder_layers(model)
     if spec.calibration:
@@ -190,15 +179,16 @@ def prune(model: nn.Module, method: str, sparsity, calib: torch.Tensor | None = 
                                              disable=not progress):
         if index not in selected:
             continue
+        layer_pattern = pattern if per_layer is None else parse_sparsity(per_layer[index])
         for names in _groups(linears, stats, spec.shared):
             t = time.perf_counter()
             Ws = [weight_of(linears[name]) for name in names]
             if device is not None:
                 Ws = [W.to(device) for W in Ws]
             if spec.shared:
-                new = spec.fn(Ws, stats[names[0]], pattern, **options)
+                new = spec.fn(Ws, stats[names[0]], layer_pattern, **options)
             else:
-                new = [spec.fn(Ws[0], stats.get(names[0]), pattern, **options)]
+                new = [spec.fn(Ws[0], stats.get(names[0]), layer_pattern, **options)]
             seconds = (time.perf_counter() - t) / sum(W.numel() for W in Ws)  # shared time, by size
             for name, W, W_new in zip(names, Ws, new):
                 set_weight(linears[name], W_new, adopt=True)  # every method returns a fresh tensor
