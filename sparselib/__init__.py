@@ -22,8 +22,8 @@ from .models import (ADAPTERS, OFFLINE_MODEL, adapter_for, decoder_layers, layer
 from .owl import layer_outlier_ratios, owl_layer_sparsity, owl_sparsities
 from .prune import METHODS, PruneReport, model_sparsity, prune
 from .scores import input_norms, magnitude_scores, wanda_scores
-from .semistructured import (SparseKernelsUnavailable, benchmark_linear, can_use_sparse_kernels,
-                             to_semi_structured)
+from .semistructured import (FastPathUnavailable, SparseKernelsUnavailable, SparseLinear24,
+                             benchmark_linear, can_use_sparse_kernels, fast_inference, to_semi_structured)
 from .slicegpt import SliceReport, load_sliced, save_sliced, slice_model
 from .sparsegpt import sparsegpt_prune, sparsegpt_prune_shared
 from .version import __version__

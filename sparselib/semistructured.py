@@ -14,15 +14,26 @@ two kernel libraries:
 
 Neither runs on CPU: PyTorch raises "Only CUDA tensors are currently supported". So every function here
 first asks :func:`can_use_sparse_kernels`, and on a machine that cannot, says why and changes nothing.
+
+:func:`to_semi_structured` puts a :class:`SparseLinear24` in place of each pruned ``nn.Linear``: it
+flattens its input to 2-D, calls the kernel directly and returns a contiguous output, so attention keeps
+its fused kernels and ``generate`` works at any batch. Its kernel is pluggable; on CPU a reference kernel
+(decompress, then a dense matmul) computes the same product, which is how the module is tested there.
+Measured on an H200 (``sparselib/results/semi_structured_gpu_*``), cuSPARSELt spends 0.4-0.8 ms on the
+host per call; :func:`fast_inference` replays CUDA graphs so that this set-up is paid once, at capture.
 """
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
+import time
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from .format24 import Compressed24, compress_24, decompress_24
 from .masks import nm_mask, nm_violations
 from .models import decoder_layers, layer_linears, model_device
 
@@ -164,12 +175,193 @@ def _compress(W: torch.Tensor, backend: str) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# The model: swap every 2:4 decoder-layer linear for the compressed subclass
+# Kernels: how a SparseLinear24 stores W and computes Y = X Wᵀ + b
+# --------------------------------------------------------------------------------------------
+class Kernel24:
+    """A 2:4 matmul for :class:`SparseLinear24`: ``compress(W)`` returns the tensors to keep (they
+    become the module's buffers); ``mm(layer, X)`` takes a contiguous ``X [tokens, in]`` and returns
+    ``Y = X Wᵀ + b`` as ``[tokens, out]``. Subclass it to plug in another kernel."""
+
+    name = "kernel"
+    device_type = None  # "cuda" when the kernel runs only there
+
+    def compress(self, W: torch.Tensor) -> dict:
+        raise NotImplementedError
+
+    def mm(self, layer: "SparseLinear24", X: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class ReferenceKernel24(Kernel24):
+    """Any device: :func:`sparselib.compress_24` to store, then decompress and a dense matmul.
+
+    It computes exactly what the masked dense layer computes and saves nothing: it exists so that
+    the module's logic (shapes, strides, dtype, bias, errors) is tested on CPU."""
+
+    name = "reference"
+
+    def compress(self, W):
+        c = compress_24(W)
+        return {"values": c.values, "meta": c.meta}
+
+    def mm(self, layer, X):
+        W = decompress_24(Compressed24(layer.values, layer.meta, (layer.out_features, layer.in_features)))
+        return F.linear(X, W, layer.bias)
+
+
+def _pad_tokens(X: torch.Tensor, multiple: int) -> torch.Tensor:
+    """The GPU kernels need the token count to be a multiple of their tile's minimum (8 in fp16)."""
+    pad = (-X.shape[0]) % multiple
+    return F.pad(X, (0, 0, 0, pad)) if pad else X
+
+
+class CuSparseLtKernel24(Kernel24):
+    """NVIDIA cuSPARSELt through ``torch._cslt_sparse_mm`` (sm_90 and later; also sm_8x).
+
+    ``W`` is compressed once (``torch._cslt_compress``: values and metadata in one buffer). Each call
+    multiplies ``W`` by ``Xᵀ``. With ``fused_transpose=True`` cuSPARSELt writes the result already as
+    ``[tokens, out]`` (``transpose_result=True``); with False it writes ``[out, tokens]`` and one copy
+    makes it ``[tokens, out]``. Either way the output is contiguous, so the attention that reads q, k
+    and v keeps its fused kernels. (PyTorch's own ``F.linear`` on the tensor subclass returned the
+    transposed view instead, in torch 2.11.)
+    """
+
+    name = "cusparselt"
+    device_type = "cuda"
+
+    def __init__(self, fused_transpose: bool = True, alg_id: int = 0):
+        self.fused_transpose = bool(fused_transpose)
+        self.alg_id = int(alg_id)
+
+    def compress(self, W):
+        return {"packed": torch._cslt_compress(W.contiguous())}
+
+    def mm(self, layer, X):
+        tokens = X.shape[0]
+        limits = torch.sparse.SparseSemiStructuredTensorCUSPARSELT._DTYPE_SHAPE_CONSTRAINTS[X.dtype]
+        Xp = _pad_tokens(X, limits.dense_min_rows)
+        if self.fused_transpose:
+            Y = torch._cslt_sparse_mm(layer.packed, Xp.t(), bias=layer.bias, transpose_result=True,
+                                      alg_id=self.alg_id)                       # [tokens(+pad), out]
+            return Y[:tokens]
+        Y = torch._cslt_sparse_mm(layer.packed, Xp.t(), bias=layer.bias, alg_id=self.alg_id)  # [out, tokens]
+        return Y[:, :tokens].t().contiguous()
+
+    def __repr__(self):
+        return f"CuSparseLtKernel24(fused_transpose={self.fused_transpose}, alg_id={self.alg_id})"
+
+
+class CutlassKernel24(Kernel24):
+    """PyTorch's CUTLASS 2:4 kernels (``torch._sparse_semi_structured_mm``/``_addmm``), sm_8x only.
+
+    They compute ``W Xᵀ`` as ``[out, tokens]``; one copy makes the output ``[tokens, out]`` and
+    contiguous."""
+
+    name = "cutlass"
+    device_type = "cuda"
+
+    def compress(self, W):
+        Ws = _compress(W, "cutlass")
+        return {"packed": Ws.packed, "meta": Ws.meta}
+
+    def mm(self, layer, X):
+        tokens = X.shape[0]
+        limits = torch.sparse.SparseSemiStructuredTensorCUTLASS._DTYPE_SHAPE_CONSTRAINTS[X.dtype]
+        Xt = _pad_tokens(X, limits.dense_min_rows).t()
+        if layer.bias is None:
+            Y = torch._sparse_semi_structured_mm(layer.packed, layer.meta, Xt)
+        else:
+            Y = torch._sparse_semi_structured_addmm(layer.bias, layer.packed, layer.meta, Xt)
+        return Y[:, :tokens].t().contiguous()
+
+
+#: kernel name -> class; "auto" in :func:`to_semi_structured` picks the GPU's backend.
+KERNELS = {"reference": ReferenceKernel24, "cusparselt": CuSparseLtKernel24, "cutlass": CutlassKernel24}
+
+
+def _kernel(kernel) -> Kernel24:
+    if isinstance(kernel, Kernel24):
+        return kernel
+    if isinstance(kernel, str) and kernel in KERNELS:
+        return KERNELS[kernel]()
+    raise ValueError(f"kernel must be one of {sorted(KERNELS)} or a Kernel24 instance, not {kernel!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# The module
+# --------------------------------------------------------------------------------------------
+class SparseLinear24(nn.Module):
+    """``Y = X Wᵀ + b`` with a 2:4 ``W [out, in]`` held compressed: what :func:`to_semi_structured`
+    puts in place of each pruned ``nn.Linear``, for inference.
+
+    It takes any ``X [..., in]``, flattens it to a contiguous ``[tokens, in]``, calls its kernel and
+    returns a contiguous ``[..., out]`` tensor in ``X``'s dtype. The kernel only ever sees a plain 2-D
+    tensor (no broadcasting, no expanded views), so ``generate`` with a KV cache works at any batch.
+    Build it with :meth:`from_linear`, or from ``weight`` (exactly 2:4, float16 or bfloat16) and
+    ``bias``; ``kernel`` is "reference" (any device), "cusparselt" or "cutlass" (CUDA), or a
+    :class:`Kernel24`.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, kernel="reference"):
+        super().__init__()
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+            raise ValueError(f"weight must be a 2-D tensor W [out_features, in_features], got "
+                             f"{getattr(weight, 'shape', type(weight).__name__)}")
+        if weight.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"2:4 kernels need float16 or bfloat16 weights, got {weight.dtype}; cast first: "
+                            f"model.half() or model.to(torch.bfloat16)")
+        out_features, in_features = weight.shape
+        bad = _violations(weight.detach())
+        if bad:
+            raise ValueError(f"weight is not 2:4 sparse: {bad} groups of 4 consecutive inputs have fewer "
+                             f"than 2 zeros; prune it first, e.g. sparselib.prune(model, 'wanda', '2:4', calib)")
+        if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (out_features,)):
+            raise ValueError(f"bias must have shape ({out_features},), got {getattr(bias, 'shape', bias)}")
+        self.kernel = _kernel(kernel)
+        if self.kernel.device_type and weight.device.type != self.kernel.device_type:
+            raise ValueError(f"the {self.kernel.name} kernel runs on {self.kernel.device_type}, but the weight "
+                             f"is on {weight.device}; move the model first, or use kernel='reference'")
+        self.in_features, self.out_features, self.dtype = in_features, out_features, weight.dtype
+        for key, value in self.kernel.compress(weight.detach()).items():
+            self.register_buffer(key, value)
+        self.register_buffer("bias", None if bias is None else bias.detach().to(weight.dtype).clone())
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, kernel="reference") -> "SparseLinear24":
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"expected an nn.Linear, not {type(linear).__name__}")
+        return cls(linear.weight.data, None if linear.bias is None else linear.bias.data, kernel)
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        if not isinstance(X, torch.Tensor):
+            raise TypeError(f"SparseLinear24 takes a tensor X [..., {self.in_features}], not {type(X).__name__}")
+        if X.dim() == 0 or X.shape[-1] != self.in_features:
+            raise ValueError(f"X must have shape [..., {self.in_features}] (in_features), got {tuple(X.shape)}")
+        if X.dtype != self.dtype:
+            raise TypeError(f"X is {X.dtype} but this 2:4 layer is {self.dtype}; cast the input (the model "
+                            f"and its inputs must share one dtype)")
+        lead = X.shape[:-1]
+        X2 = X.reshape(-1, self.in_features)
+        if X2.shape[0] == 0:
+            return X.new_empty(*lead, self.out_features)
+        Y = self.kernel.mm(self, X2.contiguous())
+        return Y.contiguous().view(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, dtype={self.dtype}, kernel={self.kernel!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# The model: swap every 2:4 decoder-layer nn.Linear for a SparseLinear24
 # --------------------------------------------------------------------------------------------
 def _linears(model: nn.Module):
     for i, layer in enumerate(decoder_layers(model)):
         for name, module in layer_linears(layer).items():
-            yield i, name, module
+            yield i, layer, name, module
 
 
 def _violations(W: torch.Tensor) -> int:
@@ -179,33 +371,45 @@ def _violations(W: torch.Tensor) -> int:
     return nm_violations(W, 2, 4)
 
 
-def to_semi_structured(model: nn.Module, *, strict: bool = True) -> tuple[bool, str, int]:
-    """Replace each 2:4 decoder-layer ``nn.Linear`` weight by ``torch.sparse.to_sparse_semi_structured(W)``.
+def _replace(layer: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(layer.get_submodule(parent) if parent else layer, child, new)
+
+
+def to_semi_structured(model: nn.Module, *, strict: bool = True, kernel="auto") -> tuple[bool, str, int]:
+    """Replace each 2:4 decoder-layer ``nn.Linear`` of ``model`` by a :class:`SparseLinear24`.
 
     Returns ``(converted, reason, n_converted)``. The weights must already be 2:4 (prune first with
     ``sparselib.prune(model, method, "2:4", calib)``): a linear that is not raises ValueError naming how
     many groups of 4 violate it, before anything changes; with ``strict=False`` such linears are skipped
-    and counted in the reason instead. When the hardware cannot run the kernels (CPU, a GPU before sm_80)
-    it returns ``(False, reason, 0)`` and the model is left exactly as it was. On a capable GPU the weights
-    must be float16 or bfloat16 (else TypeError); linears below the backend's minimum shape stay dense and
-    are counted in the reason. Embeddings and ``lm_head`` are never touched.
+    and counted in the reason instead.
+
+    kernel: "auto" (default) — the GPU's backend: CUTLASS on sm_8x, cuSPARSELt on sm_90 and later. When
+            the hardware cannot run it (CPU, a GPU before sm_80) this returns ``(False, reason, 0)`` and
+            the model is left exactly as it was. "cusparselt" or "cutlass" ask for one backend (checked
+            against this GPU). "reference" converts on any device with the decompress-then-matmul kernel
+            (same outputs, no speed-up: for tests and for reading). A :class:`Kernel24` plugs in your own.
+    The weights must be float16 or bfloat16 (else TypeError, nothing changed); linears below the
+    backend's minimum shape stay dense and are counted in the reason. Embeddings and ``lm_head`` are
+    never touched. Converting is for inference: the new modules hold no trainable weight.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch nn.Module (a causal LM), not {type(model).__name__}")
+    if not (isinstance(kernel, Kernel24) or kernel == "auto" or kernel in KERNELS):
+        raise ValueError(f"kernel must be 'auto', one of {sorted(KERNELS)} or a Kernel24 instance, "
+                         f"not {kernel!r}")
     linears = list(_linears(model))  # raises ValueError for an unsupported architecture
-    sparse_cls = torch.sparse.SparseSemiStructuredTensor
-    candidates, not_linear, already, not_24 = [], 0, 0, []
-    for i, name, module in linears:
-        if isinstance(module.weight, sparse_cls):
-            already += 1
-        elif not isinstance(module, nn.Linear):
+    already = sum(isinstance(m, SparseLinear24) for layer in decoder_layers(model) for m in layer.modules())
+    candidates, not_linear, not_24 = [], 0, []
+    for i, layer, name, module in linears:
+        if not isinstance(module, nn.Linear):
             not_linear += 1  # GPT-2's Conv1D stores W transposed and does not call F.linear
+            continue
+        bad = _violations(module.weight.data)
+        if bad:
+            not_24.append((i, name, bad, module.weight.numel() // 4))
         else:
-            bad = _violations(module.weight.data)
-            if bad:
-                not_24.append((i, name, bad, module.weight.numel() // 4))
-            else:
-                candidates.append((i, name, module))
+            candidates.append((i, layer, name, module))
     if not_24 and strict:
         i, name, bad, groups = not_24[0]
         total = sum(b for _, _, b, _ in not_24)
@@ -215,30 +419,52 @@ def to_semi_structured(model: nn.Module, *, strict: bool = True) -> tuple[bool, 
             f"Prune first, e.g. sparselib.prune(model, 'wanda', '2:4', calib), or pass strict=False to "
             f"convert only the linears that are 2:4.")
 
-    ok, reason, backend = _decide(model_device(model), None, torch.float16)
-    if not ok:
-        log.info("not converting: %s", reason)
-        return False, reason, 0
-    dtypes = {module.weight.dtype for _, _, module in candidates}
+    device = model_device(model)
+    if isinstance(kernel, Kernel24) or kernel == "reference":
+        kern = _kernel(kernel)
+        backend = kern.name
+        if kern.device_type and device.type != kern.device_type:
+            raise ValueError(f"the {backend} kernel runs on {kern.device_type}, but the model is on {device}; "
+                             f"move it first, or use kernel='reference'")
+        reason = ("the reference kernel (sparselib.format24: decompress, then a dense matmul): the same "
+                  "outputs, no speed-up" if backend == "reference" else f"the {backend} kernel {kern!r}")
+    else:
+        ok, reason, backend = _decide(device, None, torch.float16)
+        if not ok:
+            log.info("not converting: %s", reason)
+            return False, reason, 0
+        if kernel == "cutlass" and backend != "cutlass":
+            raise ValueError(f"kernel='cutlass' runs only on sm_8x GPUs, and {reason.split(';')[0]}; "
+                             f"use kernel='auto'")
+        if kernel == "cusparselt" and not torch.backends.cusparselt.is_available():
+            raise ValueError("kernel='cusparselt' needs a PyTorch build with cuSPARSELt "
+                             "(torch.backends.cusparselt.is_available() is False); use kernel='auto'")
+        backend = backend if kernel == "auto" else kernel
+        kern = _kernel(backend)
+    dtypes = {module.weight.dtype for _, _, _, module in candidates}
     if not dtypes <= set(SUPPORTED_DTYPES):
-        raise TypeError(f"2:4 Sparse Tensor Core kernels need float16 or bfloat16 weights; this model's "
-                        f"linears are {', '.join(sorted(str(d) for d in dtypes))}. Cast it first: "
+        raise TypeError(f"2:4 kernels need float16 or bfloat16 weights; this model's linears are "
+                        f"{', '.join(sorted(str(d) for d in dtypes))}. Cast it first: "
                         f"model.half() or model.to(torch.bfloat16)")
 
     todo, too_small = [], []
-    for i, name, module in candidates:
-        problem = shape_problem(tuple(module.weight.shape), module.weight.dtype, backend)
+    for i, layer, name, module in candidates:
+        if backend in ("cutlass", "cusparselt"):
+            problem = shape_problem(tuple(module.weight.shape), module.weight.dtype, backend)
+        else:
+            problem = (f"in_features {module.in_features} is not a multiple of 4"
+                       if module.in_features % 4 else None)
         if problem:
             too_small.append(f"layer {i} {name}: {problem}")
         else:
-            todo.append(module)
-    # Compress everything first, then assign: an error half-way leaves the model unchanged.
-    compressed = [_compress(module.weight.data, backend) for module in todo]
-    for module, Ws in zip(todo, compressed):
-        module.weight = nn.Parameter(Ws, requires_grad=False)
+            todo.append((layer, name, module))
+    # Compress everything first, then swap: an error half-way leaves the model unchanged.
+    new = [SparseLinear24.from_linear(module, kern) for _, _, module in todo]
+    for (layer, name, _), module in zip(todo, new):
+        _replace(layer, name, module)
 
-    parts = [f"converted {len(todo)} of {len(linears)} decoder-layer linears to 2:4 with {backend} "
-             f"({reason})"]
+    parts = [f"converted {len(todo)} of {len(linears) + already} decoder-layer linears to 2:4 "
+             f"SparseLinear24 modules with {backend} ({reason})"]
     if too_small:
         parts.append(f"{len(too_small)} left dense, below {backend}'s minimum shape (e.g. {too_small[0]})")
     if not_24:
@@ -253,20 +479,175 @@ def to_semi_structured(model: nn.Module, *, strict: bool = True) -> tuple[bool, 
 
 
 # --------------------------------------------------------------------------------------------
-# Timing one linear, dense vs 2:4 (GPU only)
+# The fast path: capture the host work once (CUDA graphs), replay it
 # --------------------------------------------------------------------------------------------
-def benchmark_linear(out_features: int, in_features: int, tokens: int, dtype: torch.dtype = torch.float16,
-                     device="cuda", min_run_time: float = 0.2, seed: int = 0) -> dict:
-    """Time ``Y = X Wᵀ`` for ``X [tokens, in]`` and a random 2:4 ``W [out, in]``, dense vs compressed.
+class FastPathUnavailable(RuntimeError):
+    """Raised by :func:`fast_inference` where CUDA graphs cannot run; the message says why."""
 
-    Returns ``dict(dense_ms, sparse_ms, speedup, backend, max_abs_diff)``: median milliseconds per call
-    from ``torch.utils.benchmark`` (which synchronises the GPU around each timed block, at least
+
+def _map_tensors(fn, obj):
+    """Apply ``fn`` to every tensor in a (nested) tuple, list, dict or Hugging Face ModelOutput."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, dict):  # ModelOutput is an OrderedDict
+        items = {k: _map_tensors(fn, v) for k, v in obj.items()}
+        return type(obj)(**items) if type(obj) is not dict else items
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_map_tensors(fn, v) for v in obj)
+    return obj
+
+
+def _signature(args, kwargs):
+    """What a captured graph is specialised to: every tensor's shape, dtype and device; other values."""
+    def key(v):
+        if isinstance(v, torch.Tensor):
+            return ("tensor", tuple(v.shape), v.dtype, v.device)
+        return ("value", repr(v))
+    return tuple(key(v) for v in args) + tuple((k, key(v)) for k, v in sorted(kwargs.items()))
+
+
+class GraphedModel:
+    """The callable :func:`fast_inference` returns: replays a CUDA graph per input signature.
+
+    ``captures`` lists, per graph: its input signature, the capture time in seconds and the GPU memory
+    it holds (``memory_bytes``: the growth of reserved memory while capturing, which the graph keeps).
+    ``eager_calls`` counts the calls that fell back to the eager model.
+    """
+
+    def __init__(self, module: nn.Module, warmup: int, max_graphs: int, clone_outputs: bool):
+        self.module, self.warmup, self.max_graphs, self.clone_outputs = module, warmup, max_graphs, clone_outputs
+        self.graphs, self.captures, self.eager_calls = {}, [], 0
+
+    def capture(self, *args, **kwargs) -> dict:
+        """Capture a graph for this input signature (done by the first call with it)."""
+        static_args = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+        static_kwargs = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+        torch.cuda.synchronize()
+        reserved, start = torch.cuda.memory_reserved(), time.perf_counter()
+        with torch.inference_mode():
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up off the default stream, as the CUDA graph docs ask
+                for _ in range(self.warmup):
+                    self.module(*static_args, **static_kwargs)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self.module(*static_args, **static_kwargs)
+        torch.cuda.synchronize()
+        info = {"signature": _signature(args, kwargs), "capture_s": time.perf_counter() - start,
+                "memory_bytes": torch.cuda.memory_reserved() - reserved}
+        self.graphs[info["signature"]] = (graph, static_args, static_kwargs, static_out)
+        self.captures.append(info)
+        log.info("captured a CUDA graph in %.2f s, %.1f MiB, for %s", info["capture_s"],
+                 info["memory_bytes"] / 2**20, info["signature"])
+        return info
+
+    def __call__(self, *args, **kwargs):
+        sig = _signature(args, kwargs)
+        if sig not in self.graphs:
+            if len(self.graphs) >= self.max_graphs:
+                if not self.eager_calls:
+                    log.warning("fast_inference: %d graphs captured already (max_graphs); inputs of a new "
+                                "shape run eagerly: %s", self.max_graphs, sig)
+                self.eager_calls += 1
+                with torch.inference_mode():
+                    return self.module(*args, **kwargs)
+            self.capture(*args, **kwargs)
+        graph, static_args, static_kwargs, static_out = self.graphs[sig]
+        with torch.inference_mode():
+            for mine, new in zip(static_args, args):
+                if isinstance(mine, torch.Tensor):
+                    mine.copy_(new)
+            for k, mine in static_kwargs.items():
+                if isinstance(mine, torch.Tensor):
+                    mine.copy_(kwargs[k])
+            graph.replay()
+            return _map_tensors(torch.clone, static_out) if self.clone_outputs else static_out
+
+    def replay(self, *args, **kwargs):
+        """Replay the graph for these inputs' signature without copying inputs (for timing)."""
+        self.graphs[_signature(args, kwargs)][0].replay()
+
+
+def fast_inference(module: nn.Module, example_inputs, *, warmup: int = 3, max_graphs: int = 4,
+                   clone_outputs: bool = True) -> GraphedModel:
+    """Run ``module`` (a model or one layer, dense or converted by :func:`to_semi_structured`) from CUDA
+    graphs: the host work of every kernel call — for cuSPARSELt, 0.4–0.8 ms of descriptor and plan
+    set-up per matmul — is done once at capture and skipped on every replay.
+
+    example_inputs: a tensor, a tuple of positional tensors, or a dict of keyword arguments (e.g.
+    ``{"input_ids": ids}``); a graph is captured for them now. Hugging Face models run with
+    ``use_cache=False`` (a KV cache grows, a graph cannot). Returns a :class:`GraphedModel`: call it
+    like the module. Where it stops working: a graph replays fixed shapes. A call whose inputs differ
+    in shape, dtype or device captures a new graph (up to ``max_graphs``, each holding its own memory),
+    after that it runs eagerly (logged). The outputs are copied out of the graph's buffers
+    (``clone_outputs=False`` returns the buffers, overwritten by the next call). Capture time and
+    memory per graph: ``.captures``. Inference only (no autograd).
+
+    Raises :class:`FastPathUnavailable` on CPU (CUDA graphs need a CUDA device) and TypeError /
+    ValueError for bad arguments; the module is never changed.
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch nn.Module, not {type(module).__name__}")
+    for label, value, low in (("warmup", warmup, 1), ("max_graphs", max_graphs, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{label} must be an int >= {low}, got {value!r}")
+    if isinstance(example_inputs, torch.Tensor):
+        args, kwargs = (example_inputs,), {}
+    elif isinstance(example_inputs, (tuple, list)):
+        args, kwargs = tuple(example_inputs), {}
+    elif isinstance(example_inputs, dict):
+        args, kwargs = (), dict(example_inputs)
+    else:
+        raise TypeError("example_inputs must be a tensor, a tuple of tensors or a dict of keyword arguments, "
+                        f"not {type(example_inputs).__name__}")
+    tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
+    if not tensors:
+        raise ValueError("example_inputs holds no tensor; pass the inputs of one real call, e.g. "
+                         "{'input_ids': ids}")
+    try:
+        device = model_device(module)
+    except StopIteration:
+        device = tensors[0].device
+    if device.type != "cuda" or not torch.cuda.is_available():
+        raise FastPathUnavailable(
+            f"the fast path replays CUDA graphs, which need a CUDA GPU; this module is on {device}. On CPU "
+            f"sparselib's 2:4 layers run the reference kernel, which has no per-call set-up to hide: "
+            f"call the module directly")
+    wrong = [t.device for t in tensors if t.device != device]
+    if wrong:
+        raise ValueError(f"example_inputs are on {wrong[0]} but the module is on {device}; move them first")
+    if "use_cache" in inspect.signature(module.forward).parameters:
+        kwargs.setdefault("use_cache", False)
+    graphed = GraphedModel(module, warmup, max_graphs, clone_outputs)
+    graphed.capture(*args, **kwargs)
+    return graphed
+
+
+# --------------------------------------------------------------------------------------------
+# Timing one linear, dense vs 2:4, eager and from a CUDA graph (GPU only)
+# --------------------------------------------------------------------------------------------
+def _median_ms(fn, min_run_time: float) -> float:
+    from torch.utils.benchmark import Timer
+
+    timer = Timer("fn()", globals={"fn": fn})
+    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+def benchmark_linear(out_features: int, in_features: int, tokens: int, dtype: torch.dtype = torch.float16,
+                     device="cuda", min_run_time: float = 0.2, seed: int = 0, *, kernel="auto",
+                     graphs: bool = True) -> dict:
+    """Time ``Y = X Wᵀ`` for ``X [tokens, in]`` and a random 2:4 ``W [out, in]``: ``nn.Linear`` (dense)
+    vs :class:`SparseLinear24`, eager and (``graphs=True``) replayed from a CUDA graph.
+
+    Returns ``dict(dense_ms, sparse_ms, speedup, backend, max_abs_diff)`` for the eager calls, plus
+    ``graph_dense_ms, graph_sparse_ms, graph_speedup`` with graphs: median milliseconds per call from
+    ``torch.utils.benchmark`` (which synchronises the GPU around each timed block, at least
     ``min_run_time`` seconds per variant), ``speedup = dense_ms / sparse_ms``, and the largest
     difference between the two outputs (they compute the same product). Raises
     :class:`SparseKernelsUnavailable` with the reason on a device that cannot run 2:4 kernels.
     """
-    from torch.utils.benchmark import Timer
-
     for label, value in (("out_features", out_features), ("in_features", in_features), ("tokens", tokens)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{label} must be a positive int, got {value!r}")
@@ -275,7 +656,9 @@ def benchmark_linear(out_features: int, in_features: int, tokens: int, dtype: to
     ok, reason, backend = _decide(device, None, dtype)
     if not ok:
         raise SparseKernelsUnavailable(f"cannot benchmark 2:4 kernels here: {reason}")
-    problem = shape_problem((out_features, in_features), dtype, backend)
+    kern = _kernel(backend if kernel == "auto" else kernel)
+    problem = shape_problem((out_features, in_features), dtype, "cutlass" if kern.name == "cutlass"
+                            else "cusparselt")
     if problem:
         raise ValueError(problem)
 
@@ -283,15 +666,21 @@ def benchmark_linear(out_features: int, in_features: int, tokens: int, dtype: to
     W = torch.randn(out_features, in_features, device=device, dtype=dtype, generator=g)
     W = W * nm_mask(W.abs(), 2, 4)
     X = torch.randn(tokens, in_features, device=device, dtype=dtype, generator=g)
-    Ws = _compress(W, backend)
-    linear = torch.nn.functional.linear
+    dense = nn.Linear(in_features, out_features, bias=False, device=device, dtype=dtype)
+    dense.weight.data.copy_(W)
+    sparse = SparseLinear24(W, None, kern)
+    result = {"backend": kern.name, "kernel": repr(kern)}
     with torch.inference_mode():
-        dense, sparse = linear(X, W), linear(X, Ws)  # also the warm-up (first call initialises kernels)
-        max_abs_diff = (dense.float() - sparse.float()).abs().max().item()
-        times = {}
-        for key, weight in (("dense_ms", W), ("sparse_ms", Ws)):
-            timer = Timer("linear(X, weight)", globals={"linear": linear, "X": X, "weight": weight})
-            times[key] = timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
-    del dense, sparse
-    return {**times, "speedup": times["dense_ms"] / times["sparse_ms"], "backend": backend,
-            "max_abs_diff": max_abs_diff}
+        want, got = dense(X), sparse(X)  # also the warm-up (first call initialises kernels)
+        result["max_abs_diff"] = (want.float() - got.float()).abs().max().item()
+        del want, got
+        result["dense_ms"] = _median_ms(lambda: dense(X), min_run_time)
+        result["sparse_ms"] = _median_ms(lambda: sparse(X), min_run_time)
+    result["speedup"] = result["dense_ms"] / result["sparse_ms"]
+    if graphs:
+        for key, module in (("graph_dense_ms", dense), ("graph_sparse_ms", sparse)):
+            graphed = fast_inference(module, X, clone_outputs=False)
+            result[key] = _median_ms(graphed.graphs[_signature((X,), {})][0].replay, min_run_time)
+            del graphed
+        result["graph_speedup"] = result["graph_dense_ms"] / result["graph_sparse_ms"]
+    return result

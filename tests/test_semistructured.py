@@ -1,17 +1,22 @@
-"""2:4 on the hardware: the capability guard, the CPU path that changes nothing, and (on a capable GPU)
-a converted model that computes what the masked dense model computes."""
+"""2:4 on the hardware: the capability guard, the CPU path that changes nothing, the SparseLinear24
+module (tested on CPU with the reference kernel), the CUDA-graph fast path's refusal on CPU, and (on a
+capable GPU) a converted model that computes what the masked dense model computes."""
+import contextlib
 import copy
 import re
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import sparselib
-from sparselib.semistructured import (CPU_REASON, SparseKernelsUnavailable, _compress, _violations,
-                                      benchmark_linear, can_use_sparse_kernels, shape_problem,
+from sparselib.semistructured import (CPU_REASON, FastPathUnavailable, Kernel24, SparseKernelsUnavailable,
+                                      SparseLinear24, _compress, _violations, benchmark_linear,
+                                      can_use_sparse_kernels, fast_inference, shape_problem,
                                       sparse_backend, to_semi_structured)
 
-from conftest import tiny_llama
+from conftest import tiny_llama, tiny_opt
 
 CAPABLE_GPU, WHY_NOT = can_use_sparse_kernels()
 needs_gpu = pytest.mark.skipif(not CAPABLE_GPU, reason=f"needs a GPU with 2:4 kernels: {WHY_NOT}")
@@ -26,6 +31,30 @@ def pruned_24(seed: int = 0):
 def linears(model):
     return [(i, name, m) for i, layer in enumerate(sparselib.decoder_layers(model))
             for name, m in sparselib.layer_linears(layer).items()]
+
+
+def sparse_layers(model):
+    return [m for layer in sparselib.decoder_layers(model) for m in layer.modules()
+            if isinstance(m, SparseLinear24)]
+
+
+def snapshot(model):
+    return {k: (type(v), v.detach().clone()) for k, v in model.state_dict(keep_vars=True).items()}
+
+
+def assert_unchanged(model, before):
+    after = model.state_dict(keep_vars=True)
+    assert after.keys() == before.keys()
+    for k, (kind, value) in before.items():
+        assert type(after[k]) is kind and after[k].dtype == value.dtype, k
+        assert torch.equal(after[k].detach(), value), k
+    assert not sparse_layers(model)
+
+
+def random_24(out_f, in_f, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(out_f, in_f, generator=g)
+    return (W * sparselib.nm_mask(W.abs(), 2, 4)).to(dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,12 +173,22 @@ def test_not_24_raises_with_the_violating_group_count():
     assert all(torch.equal(v, snapshot[k]) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("zeros", [0.0, 0.3, 0.5, 0.7])
-def test_fast_violation_count_equals_nm_violations(zeros):
-    g = torch.Generator().manual_seed(int(zeros * 10))
-    W = torch.randn(48, 64, generator=g)
-    W[torch.rand(48, 64, generator=g) < zeros] = 0
-    assert _violations(W) == sparselib.nm_violations(W, 2, 4)
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 6), groups=st.integers(1, 6), seed=st.integers(0, 2**16),
+       planted=st.data())
+def test_violation_count_is_the_number_of_groups_with_fewer_than_two_zeros(rows, groups, seed, planted):
+    """Build a 2:4 matrix (exactly 2 zeros per group), then fill chosen groups so that they keep 3 or 4
+    nonzeros: the count must be exactly the number of groups filled."""
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(rows, 4 * groups, generator=g).abs() + 0.1      # no accidental zeros
+    W = W * sparselib.nm_mask(W, 2, 4)
+    cells = [(r, k) for r in range(rows) for k in range(groups)]
+    chosen = planted.draw(st.lists(st.sampled_from(cells), unique=True, max_size=len(cells)))
+    for r, k in chosen:
+        zeros = (W[r, 4 * k:4 * k + 4] == 0).nonzero().flatten()
+        W[r, 4 * k + zeros[0]] = 1.0                                 # now only 1 zero: a violation
+    assert _violations(W) == len(chosen)
+    assert _violations(W[:, :-1]) == -(-W[:, :-1].numel() // 4)     # in_features % 4: every group counts
 
 
 def test_dense_model_raises_and_strict_false_does_not():
@@ -181,6 +220,215 @@ def test_benchmark_refuses_without_kernels_and_checks_shapes():
 
 
 # --------------------------------------------------------------------------------------------
+# SparseLinear24 on CPU, with the reference kernel (decompress, then matmul)
+# --------------------------------------------------------------------------------------------
+CONTEXTS = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("lead", [(5,), (3, 7), (2, 1, 4)], ids=["2-D", "3-D", "4-D"])
+@pytest.mark.parametrize("context", list(CONTEXTS))
+def test_module_equals_the_masked_dense_layer_and_is_contiguous(dtype, bias, lead, context):
+    W = random_24(48, 64, dtype)
+    b = torch.randn(48).to(dtype) if bias else None
+    layer = SparseLinear24(W, b)
+    X = torch.randn(*lead, 64).to(dtype)
+    with CONTEXTS[context]():
+        Y = layer(X)
+        want = torch.nn.functional.linear(X, W, b)
+    assert Y.shape == (*lead, 48) and Y.dtype == dtype
+    assert Y.is_contiguous() and Y.stride()[-1] == 1
+    assert torch.equal(Y, want)
+
+
+def test_module_takes_non_contiguous_and_expanded_inputs():
+    """generate() hands a layer expanded (stride-0) and sliced views; the kernel only sees a 2-D copy."""
+    W = random_24(32, 64, torch.float16)
+    layer = SparseLinear24(W)
+    row = torch.randn(1, 1, 64).to(torch.float16)
+    expanded = row.expand(16, 1, 64)                       # stride 0 along the batch
+    sliced = torch.randn(4, 9, 128).to(torch.float16)[..., ::2]
+    with torch.inference_mode():
+        for X in (expanded, sliced):
+            Y = layer(X)
+            assert Y.is_contiguous()
+            assert torch.equal(Y, torch.nn.functional.linear(X.contiguous(), W))
+        assert layer(torch.zeros(0, 64, dtype=torch.float16)).shape == (0, 32)
+
+
+def test_module_from_linear_keeps_weight_and_bias():
+    lin = torch.nn.Linear(64, 32).to(torch.bfloat16)
+    with torch.no_grad():
+        lin.weight.copy_(random_24(32, 64, torch.bfloat16, seed=3))
+    layer = SparseLinear24.from_linear(lin)
+    X = torch.randn(6, 64).to(torch.bfloat16)
+    with torch.no_grad():
+        assert torch.equal(layer(X), lin(X))
+    assert "kernel=ReferenceKernel24()" in repr(layer)
+    assert sum(p.numel() for p in layer.parameters()) == 0          # inference only: no trainable weight
+
+
+def test_module_bad_inputs_say_what_to_do():
+    W = random_24(32, 64, torch.float16)
+    with pytest.raises(TypeError, match=r"model.half\(\)"):
+        SparseLinear24(W.float())
+    dense = W.clone()
+    dense[0, :4] = 1.0
+    with pytest.raises(ValueError, match="1 groups of 4.*prune"):
+        SparseLinear24(dense)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        SparseLinear24(W, torch.zeros(31, dtype=torch.float16))
+    with pytest.raises(ValueError, match="2-D"):
+        SparseLinear24(W[0])
+    with pytest.raises(ValueError, match="kernel must be"):
+        SparseLinear24(W, kernel="triton")
+    with pytest.raises(ValueError, match="runs on cuda"):
+        SparseLinear24(W, kernel="cusparselt")
+    layer = SparseLinear24(W)
+    with pytest.raises(ValueError, match=r"\[\.\.\., 64\]"):
+        layer(torch.zeros(3, 63, dtype=torch.float16))
+    with pytest.raises(TypeError, match="cast the input"):
+        layer(torch.zeros(3, 64))
+    with pytest.raises(TypeError):
+        layer([0.0] * 64)
+
+
+def test_a_plugged_in_kernel_is_called_with_a_contiguous_2d_input():
+    seen = []
+
+    class Recording(Kernel24):
+        name = "recording"
+
+        def compress(self, W):
+            return {"dense": W.clone()}
+
+        def mm(self, layer, X):
+            seen.append((tuple(X.shape), X.is_contiguous()))
+            return (X @ layer.dense.T).T.contiguous().T           # a transposed result, on purpose
+
+    layer = SparseLinear24(random_24(32, 64, torch.float16), kernel=Recording())
+    Y = layer(torch.randn(3, 5, 128).to(torch.float16)[..., ::2])
+    assert seen == [((15, 64), True)]
+    assert Y.shape == (3, 5, 32) and Y.is_contiguous()             # the module makes it contiguous
+
+
+# --------------------------------------------------------------------------------------------
+# to_semi_structured with the reference kernel: a tiny real-architecture model, converted on CPU
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("make", [tiny_llama, tiny_opt], ids=["llama", "opt"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_reference_conversion_matches_the_masked_dense_model(make, dtype):
+    dense = make()
+    sparselib.prune(dense, "magnitude", "2:4", progress=False)
+    dense = dense.to(dtype)
+    sparse = copy.deepcopy(dense)
+    n_linears = len(linears(sparse))
+    converted, reason, n = to_semi_structured(sparse, kernel="reference")
+    assert converted and n == n_linears and "reference" in reason, reason
+    assert len(sparse_layers(sparse)) == n_linears and not linears(sparse)
+    ids = torch.randint(0, 128, (3, 11), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(sparse(ids).logits, dense(ids).logits)
+    assert to_semi_structured(sparse, kernel="reference")[0] is False   # nothing left to convert
+
+
+def test_q_k_v_outputs_are_contiguous_so_attention_keeps_its_fast_path():
+    model = pruned_24().half()
+    to_semi_structured(model, kernel="reference")
+    attn = model.model.layers[0].self_attn
+    X = torch.randn(2, 5, 64).half()
+    with torch.inference_mode():
+        for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+            Y = proj(X)
+            assert Y.is_contiguous()
+            heads = Y.view(2, 5, -1, 16).transpose(1, 2)        # what Llama attention does with it
+            assert heads.stride()[-1] == 1
+
+
+@pytest.mark.parametrize("batch", [1, 16, 64])
+def test_generate_with_a_kv_cache_matches_the_masked_dense_model(batch):
+    dense = pruned_24().half()
+    sparse = copy.deepcopy(dense)
+    assert to_semi_structured(sparse, kernel="reference")[0]
+    prompt = torch.randint(0, 128, (batch, 6), generator=torch.Generator().manual_seed(batch))
+    kwargs = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=5, min_new_tokens=5,
+                  do_sample=False, pad_token_id=0, use_cache=True)
+    want = dense.generate(prompt, **kwargs)
+    got = sparse.generate(prompt, **kwargs)
+    assert got.shape == (batch, 11)
+    assert torch.equal(got, want)
+
+
+def test_reference_conversion_refuses_fp32_and_changes_nothing():
+    model = pruned_24()
+    before = snapshot(model)
+    with pytest.raises(TypeError, match=r"model.half\(\) or model.to\(torch.bfloat16\)"):
+        to_semi_structured(model, kernel="reference")
+    assert_unchanged(model, before)
+
+
+def test_reference_conversion_refuses_a_model_that_is_not_24_and_changes_nothing():
+    model = pruned_24().half()
+    model.model.layers[1].mlp.up_proj.weight.data[:3, :4] = 1.0
+    n_linears = len(linears(model))
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="1 of .* not 2:4 sparse: 3 groups"):
+        to_semi_structured(model, kernel="reference")
+    assert_unchanged(model, before)
+    converted, reason, n = to_semi_structured(model, strict=False, kernel="reference")
+    assert converted and n == n_linears - 1 and "1 left dense, not 2:4" in reason
+    assert isinstance(model.model.layers[1].mlp.up_proj, torch.nn.Linear)
+
+
+def test_bad_kernel_argument_changes_nothing():
+    model = pruned_24().half()
+    before = snapshot(model)
+    for bad in ("triton", None, 3):
+        with pytest.raises(ValueError, match="kernel must be"):
+            to_semi_structured(model, kernel=bad)
+    assert_unchanged(model, before)
+
+
+@pytest.mark.skipif(CAPABLE_GPU, reason="checks the path for machines without 2:4 kernels")
+@pytest.mark.parametrize("kernel", ["auto", "cusparselt", "cutlass"])
+def test_gpu_kernels_on_cpu_leave_the_half_model_bit_identical(kernel):
+    model = pruned_24().half()
+    before = snapshot(model)
+    assert to_semi_structured(model, kernel=kernel) == (False, CPU_REASON, 0)
+    assert_unchanged(model, before)
+
+
+# --------------------------------------------------------------------------------------------
+# The fast path (CUDA graphs): on CPU it refuses, with the reason
+# --------------------------------------------------------------------------------------------
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_fast_inference_on_cpu_refuses_and_changes_nothing():
+    model = pruned_24().half()
+    to_semi_structured(model, kernel="reference")
+    before = snapshot(model)
+    ids = torch.randint(0, 128, (2, 8))
+    with pytest.raises(FastPathUnavailable, match="CUDA graphs, which need a CUDA GPU.*cpu"):
+        fast_inference(model, {"input_ids": ids})
+    with pytest.raises(FastPathUnavailable):
+        fast_inference(torch.nn.Linear(4, 4), torch.zeros(1, 4))
+    after = model.state_dict(keep_vars=True)
+    assert all(torch.equal(after[k], v) for k, (_, v) in before.items())
+
+
+def test_fast_inference_bad_arguments():
+    model = pruned_24()
+    with pytest.raises(TypeError, match="nn.Module"):
+        fast_inference(lambda x: x, torch.zeros(1))
+    with pytest.raises(TypeError, match="example_inputs"):
+        fast_inference(model, "hello")
+    with pytest.raises(ValueError, match="no tensor"):
+        fast_inference(model, {"use_cache": False})
+    with pytest.raises(ValueError, match="max_graphs"):
+        fast_inference(model, torch.zeros(1, 4, dtype=torch.long), max_graphs=0)
+
+
+# --------------------------------------------------------------------------------------------
 # On a capable GPU (skipped elsewhere): same logits as the masked dense model
 # --------------------------------------------------------------------------------------------
 @needs_gpu
@@ -189,23 +437,81 @@ def test_converted_model_matches_masked_dense_model(dtype):
     dense = pruned_24().to("cuda", dtype)
     sparse = copy.deepcopy(dense)
     converted, reason, n = to_semi_structured(sparse)
-    assert converted and n == len(linears(sparse)), reason
-    assert all(isinstance(m.weight, torch.sparse.SparseSemiStructuredTensor) for _, _, m in linears(sparse))
+    assert converted and n == len(linears(dense)), reason
+    assert len(sparse_layers(sparse)) == n
     ids = torch.randint(0, 128, (3, 17), device="cuda")  # 51 tokens: not a multiple of the kernel tile
     with torch.inference_mode():
         want, got = dense(ids).logits.float(), sparse(ids).logits.float()
+        q = sparse.model.layers[0].self_attn.q_proj(torch.randn(3, 17, 64, device="cuda", dtype=dtype))
+    assert q.is_contiguous()
     tol = 1e-2 if dtype == torch.float16 else 5e-2
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
 
 
 @needs_gpu
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("bias", [False, True])
+def test_gpu_module_equals_the_reference_module(fused, bias):
+    ok, _, backend = sparselib.semistructured._decide("cuda", None, torch.float16)
+    kernel = (sparselib.semistructured.CuSparseLtKernel24(fused_transpose=fused) if backend == "cusparselt"
+              else "cutlass")
+    W = random_24(256, 128, torch.float16).cuda()
+    b = torch.randn(256, device="cuda").half() if bias else None
+    gpu, ref = SparseLinear24(W, b, kernel), SparseLinear24(W, b)
+    for lead in [(1,), (5,), (16, 1), (3, 17)]:
+        X = torch.randn(*lead, 128, device="cuda").half()
+        with torch.inference_mode():
+            Y = gpu(X)
+            assert Y.is_contiguous() and Y.shape == (*lead, 256)
+            torch.testing.assert_close(Y, ref(X), rtol=1e-2, atol=1e-2)
+
+
+@needs_gpu
+@pytest.mark.parametrize("batch", [1, 16, 64])
+def test_gpu_generate_with_a_kv_cache(batch):
+    """torch 2.11's tensor subclass raised NotImplementedError (expand.default) here at batch 16."""
+    dense = pruned_24().to("cuda", torch.float16)
+    sparse = copy.deepcopy(dense)
+    assert to_semi_structured(sparse)[0]
+    prompt = torch.randint(0, 128, (batch, 6), device="cuda")
+    kwargs = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=5, min_new_tokens=5,
+                  do_sample=False, pad_token_id=0)
+    got = sparse.generate(prompt, **kwargs)
+    assert got.shape == (batch, 11)
+    agreement = (got == dense.generate(prompt, **kwargs)).float().mean().item()
+    assert agreement > 0.9  # greedy tokens; fp16 sums may flip a near-tie
+
+
+@needs_gpu
+def test_fast_inference_replays_the_same_logits_and_recaptures_new_shapes():
+    model = pruned_24().to("cuda", torch.float16)
+    to_semi_structured(model)
+    ids = torch.randint(0, 128, (2, 16), device="cuda")
+    graphed = fast_inference(model, {"input_ids": ids}, max_graphs=2)
+    with torch.inference_mode():
+        want = model(ids, use_cache=False).logits
+        torch.testing.assert_close(graphed(input_ids=ids).logits, want, rtol=1e-3, atol=1e-3)
+        other = torch.randint(0, 128, (2, 16), device="cuda")
+        torch.testing.assert_close(graphed(input_ids=other).logits, model(other, use_cache=False).logits,
+                                   rtol=1e-3, atol=1e-3)
+        assert len(graphed.captures) == 1 and graphed.captures[0]["capture_s"] > 0
+        graphed(input_ids=ids[:, :8])                      # a new shape: a second graph
+        assert len(graphed.captures) == 2
+        out = graphed(input_ids=ids[:1])                   # a third: over max_graphs, runs eagerly
+        assert graphed.eager_calls == 1 and out.logits.shape == (1, 16, 128)
+
+
+@needs_gpu
 def test_fp32_model_on_gpu_is_a_type_error():
+    model = pruned_24().to("cuda")
+    before = snapshot(model)
     with pytest.raises(TypeError, match="float16"):
-        to_semi_structured(pruned_24().to("cuda"))
+        to_semi_structured(model)
+    assert_unchanged(model, before)
 
 
 @needs_gpu
 def test_benchmark_linear_computes_the_same_product():
     result = benchmark_linear(1536, 576, 64, min_run_time=0.05)
-    assert result["dense_ms"] > 0 and result["sparse_ms"] > 0
+    assert result["dense_ms"] > 0 and result["sparse_ms"] > 0 and result["graph_sparse_ms"] > 0
     assert result["max_abs_diff"] < 0.5  # a few fp16 ulps of outputs ~N(0, 288); a wrong product is off by tens
