@@ -21,6 +21,7 @@ from .models import (ADAPTERS, OFFLINE_MODEL, adapter_for, decoder_layers, layer
                      weight_of)
 from .owl import layer_outlier_ratios, owl_layer_sparsity, owl_sparsities
 from .prune import METHODS, PruneReport, model_sparsity, prune
+from .recovery import RecoveryReport, merge_lora, recover
 from .scores import input_norms, magnitude_scores, wanda_scores
 from .semistructured import (FastPathUnavailable, SparseKernelsUnavailable, SparseLinear24,
                              benchmark_linear, can_use_sparse_kernels, fast_inference, to_semi_structured)
