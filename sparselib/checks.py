@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import tempfile
 from numbers import Real
 from pathlib import Path
 from urllib.parse import urlparse
@@ -96,38 +97,71 @@ def check_nm_fits(cols: int, m: int, pattern: str, where: str = "this matrix") -
                          f"{where} has {cols} inputs")
 
 
-def check_device(device) -> torch.device:
+def check_device(device, name: str = "device") -> torch.device:
     """A CPU or visible CUDA device (``None`` = CPU)."""
     if device is None:
         return torch.device("cpu")
     try:
-        device = torch.device(device)
+        parsed = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device {device!r} is not a device sparselib runs on; use 'cpu' or 'cuda' "
-                         f"('cuda:1', ...)") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {str(device)!r} is not a device sparselib runs on; use cpu or cuda (cuda:1, ...)")
-    if device.type == "cuda":
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"{name} {device}: not a device sparselib runs on; use cpu or cuda (cuda:1, ...)")
+    if parsed.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise ValueError(f"device {str(device)!r}: no CUDA GPU is visible here (torch.cuda.is_available() "
-                             f"is False); use device cpu (`sparselib info` shows what this machine has)")
-        if device.index is not None and device.index >= count:
-            raise ValueError(f"device {str(device)!r}: this machine has {count} CUDA GPU(s); use cuda:0 .. "
+            raise ValueError(f"{name} {device}: no CUDA GPU is visible here (torch.cuda.is_available() is "
+                             f"False); use {name} cpu (`sparselib info` shows what this machine has)")
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(f"{name} {device}: this machine has {count} CUDA GPU(s); use cuda:0 .. "
                              f"cuda:{count - 1}")
-    return device
+    return parsed
+
+
+def check_enough_tokens(ntokens: int, seqlen: int, what: str, fix: str, spare: int = 0) -> None:
+    """A token stream (``what``) must hold one window of ``seqlen`` tokens, plus ``spare``."""
+    if ntokens < seqlen + spare:
+        window = f"one window of {seqlen}" + (f" plus {spare}" if spare else "")
+        raise ValueError(f"{what} has {ntokens} tokens, fewer than {window}; {fix}")
+
+
+def check_out_dir(out, force: bool, name: str = "--out") -> Path:
+    """An output directory that is new, or (with ``force``) an earlier output of sparselib (it holds
+    report.json), and that can be created where it is."""
+    out = Path(out).expanduser()
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise ValueError(f"{name} {out} already exists; choose a new directory, or add --force to replace it")
+        if out.is_symlink() or not out.is_dir():
+            raise ValueError(f"{name} {out} exists and is not a directory; --force replaces only a directory "
+                             f"that sparselib wrote, so choose another {name}")
+        if any(out.iterdir()) and not (out / "report.json").is_file():
+            raise ValueError(f"{name} {out} is a directory that sparselib did not write (no report.json); "
+                             f"--force replaces only sparselib's own output, so choose another {name}")
+    parent = out.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{name} {out} cannot be created: {parent} is a file, not a directory; choose another {name}")
+    try:  # a real attempt: permission bits say little to root, nothing about read-only or special file systems
+        os.rmdir(tempfile.mkdtemp(prefix=".sparselib-probe-", dir=parent))
+    except OSError as err:
+        raise ValueError(f"{name} {out} cannot be created: {parent} is not writable ({err.strerror}); "
+                         f"choose another {name}") from None
+    return out
 
 
 # --------------------------------------------------------------------------------------------
 # Tensors
 # --------------------------------------------------------------------------------------------
-def check_matrix(x, name: str = "W", layout: str = "[out_features, in_features]") -> torch.Tensor:
-    """A finite 2-D tensor (weights ``W``, scores ``S``, ...)."""
+def check_matrix(x, name: str = "W", layout: str = "[out_features, in_features]",
+                 finite: bool = True) -> torch.Tensor:
+    """A 2-D tensor (weights ``W``, scores ``S``, ...), finite unless ``finite=False``."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a 2-D torch.Tensor {layout}, not {type(x).__name__}")
     if x.dim() != 2:
         raise ValueError(f"{name} must be a 2-D tensor {layout}, got shape {tuple(x.shape)}")
-    if (x.is_floating_point() or x.is_complex()) and not torch.isfinite(x).all():
+    if finite and (x.is_floating_point() or x.is_complex()) and not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or Inf; pass finite values (fix the weights before pruning)")
     return x
 
@@ -151,6 +185,19 @@ def check_token_ids(ids, vocab_size: int | None = None, limit: int | None = None
         raise ValueError(f"{name} holds token ids outside [0, {vocab_size}) (from {low} to {high}); "
                          f"tokenize with this model's tokenizer")
     return ids
+
+
+def check_weights(model, pattern=None) -> None:
+    """Every decoder-layer linear of ``model`` is finite and, for an N:M ``pattern``, has a number of
+    inputs that divides by M. The message names the layer and the linear."""
+    from .adapters import decoder_layers, layer_linears, weight_of
+
+    for i, layer in enumerate(decoder_layers(model)):
+        for name, module in layer_linears(layer).items():
+            W = weight_of(module)
+            if pattern is not None and pattern.is_nm:
+                check_nm_fits(W.shape[1], pattern.m, str(pattern), f"layer {i} {name}")
+            check_matrix(W, f"layer {i} {name}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,22 +12,16 @@ from pathlib import Path
 
 import torch
 
-DATASETS = ("brown", "wikitext2")
+from .checks import DATASETS, check_dataset, check_enough_tokens, check_int, check_seqlen, check_split  # noqa: F401 (DATASETS re-exported)
+
 _DATA = Path(__file__).resolve().parent / "data"
-
-
-def _check_dataset(dataset) -> None:
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)} "
-                         f"('brown' ships with sparselib and works offline)")
 
 
 @lru_cache(maxsize=8)
 def load_text(dataset: str, split: str) -> str:
     """The raw text of ``split`` ("train" or "test") of ``dataset``."""
-    _check_dataset(dataset)
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    check_dataset(dataset)
+    check_split(split)
     if dataset == "brown":
         return (_DATA / f"brown_{split}.txt").read_text(encoding="utf-8")
     try:
@@ -53,18 +47,10 @@ def _tokens(tokenizer, dataset: str, split: str) -> torch.Tensor:
 _TOKEN_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-
-
-def _check_seqlen(tokenizer, seqlen) -> None:
-    _check_int("seqlen", seqlen, 2)
+def _max_length(tokenizer) -> int | None:
+    """The tokenizer's model_max_length, None when it is the "no limit" placeholder (~1e30)."""
     limit = getattr(tokenizer, "model_max_length", None)
-    if isinstance(limit, int) and limit < 10**7 and seqlen > limit:
-        raise ValueError(f"seqlen={seqlen} is above the model's maximum of {limit} tokens; use seqlen <= {limit}")
+    return limit if isinstance(limit, int) and limit < 10**7 else None
 
 
 def calibration_data(tokenizer, dataset: str = "brown", nsamples: int = 32, seqlen: int = 256,
@@ -74,13 +60,11 @@ def calibration_data(tokenizer, dataset: str = "brown", nsamples: int = 32, seql
     Window starts are drawn uniformly from the train token stream with a seeded generator
     (the references' protocol, with Brown instead of C4/WikiText-2 when offline).
     """
-    _check_dataset(dataset)
-    _check_int("nsamples", nsamples, 1)
-    _check_seqlen(tokenizer, seqlen)
+    check_dataset(dataset)
+    check_int(nsamples, "nsamples", 1)
+    check_seqlen(seqlen, _max_length(tokenizer))
     ids = _tokens(tokenizer, dataset, "train")
-    if ids.numel() <= seqlen:
-        raise ValueError(f"the {dataset} train split has {ids.numel()} tokens, fewer than one window of "
-                         f"seqlen={seqlen}; use a smaller seqlen")
+    check_enough_tokens(ids.numel(), seqlen, f"the {dataset} train split", "use a smaller seqlen", spare=1)
     gen = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, ids.numel() - seqlen, (nsamples,), generator=gen)
     return torch.stack([ids[s:s + seqlen] for s in starts.tolist()])
@@ -92,10 +76,10 @@ def test_data(tokenizer, dataset: str = "brown", max_tokens: int | None = None) 
     Chapters evaluate on a fixed prefix (``max_tokens``) so that a CPU run stays within minutes;
     the prefix is deterministic, so every chapter and benchmark measures on the same tokens.
     """
-    _check_dataset(dataset)
+    check_dataset(dataset)
     ids = _tokens(tokenizer, dataset, "test")
     if max_tokens is not None:
-        _check_int("max_tokens", max_tokens, 2)
+        check_int(max_tokens, "max_tokens", 2)
         ids = ids[:max_tokens]
     return ids.unsqueeze(0)
 

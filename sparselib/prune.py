@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .calibration import LinearStats, layerwise
-from .eval import check_seqlen
+from .checks import check_choice, check_token_ids, check_weights, max_positions
 from .masks import Pattern, mask_for, parse_sparsity
 from .models import adapter_for, decoder_layers, layer_linears, set_weight, weight_of
 from .owl import resolve_layer_sparsity
@@ -117,42 +117,20 @@ class PruneReport:
 # --------------------------------------------------------------------------------------------
 # Validation: everything is checked before the first weight changes
 # --------------------------------------------------------------------------------------------
-def _validate(model, method, pattern, calib, options):
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+def _validate(model, method, pattern, calib, options) -> None:
+    """Every check, through :mod:`sparselib.checks`, before the first weight changes."""
+    check_choice(method, METHODS, "method")
     spec = METHODS[method]
     unknown = set(options) - set(spec.options)
     if unknown:
         raise TypeError(f"{method} takes no option(s) {', '.join(sorted(unknown))}; "
                         f"its options are: {', '.join(spec.options) or 'none'}")
-    if "per" in options and options["per"] not in ("row", "matrix"):
-        raise ValueError(f"per must be 'row' or 'matrix', not {options['per']!r}")
-    adapter_for(model)
-    layers = decoder_layers(model)
-    for i, layer in enumerate(layers):
-        for name, module in layer_linears(layer).items():
-            W = weight_of(module)
-            if pattern.is_nm and W.shape[1] % pattern.m:
-                raise ValueError(f"{pattern} needs every input dimension to be a multiple of "
-                                 f"{pattern.m}; layer {i} {name} has {W.shape[1]} inputs")
-            if not torch.isfinite(W).all():
-                raise ValueError(f"layer {i} {name} has NaN or Inf weights; the model is damaged, "
-                                 f"reload it before pruning")
+    if "per" in options:
+        check_choice(options["per"], ("row", "matrix"), "per")
+    adapter_for(model)  # the architecture is in the table
+    check_weights(model, pattern)
     if spec.calibration:
-        if calib is None:
-            raise ValueError(f"{method} needs calibration data: calib = "
-                             f"sparselib.calibration_data(tokenizer)")
-        if not isinstance(calib, torch.Tensor) or calib.dtype != torch.long or calib.dim() != 2:
-            raise TypeError("calib must be a LongTensor [nsamples, seqlen] of token ids, "
-                            "e.g. sparselib.calibration_data(tokenizer)")
-        if calib.shape[0] == 0 or calib.shape[1] == 0:
-            raise ValueError(f"calib is empty (shape {tuple(calib.shape)}); use nsamples >= 1 and "
-                             f"seqlen >= 2 in sparselib.calibration_data")
-        check_seqlen(model, calib.shape[1])
-        vocab = getattr(model.config, "vocab_size", None)
-        if vocab is not None and int(calib.max()) >= vocab:
-            raise ValueError(f"calib holds token id {int(calib.max())} but the model's vocabulary has "
-                             f"{vocab}; tokenize with this model's tokenizer")
+        check_token_ids(calib, getattr(model.config, "vocab_size", None), max_positions(model.config))
 
 
 def prune(model: nn.Module, method: str, sparsity, calib: torch.Tensor | None = None, *,

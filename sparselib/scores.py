@@ -11,18 +11,12 @@ from __future__ import annotations
 
 import torch
 
-
-def _check_W(W: torch.Tensor) -> None:
-    if not isinstance(W, torch.Tensor) or W.dim() != 2:
-        raise ValueError(f"W must be a 2-D tensor [out_features, in_features], got "
-                         f"{tuple(W.shape) if isinstance(W, torch.Tensor) else type(W).__name__}")
-    if not torch.isfinite(W).all():
-        raise ValueError("W contains NaN or Inf; fix the weights before pruning")
+from .checks import check_matrix
 
 
 def magnitude_scores(W: torch.Tensor) -> torch.Tensor:
     """``|W|``."""
-    _check_W(W)
+    check_matrix(W)
     return W.abs()
 
 
@@ -39,7 +33,7 @@ def wanda_scores(W: torch.Tensor, x_norm: torch.Tensor) -> torch.Tensor:
     The reference keeps sqrt of the running *mean* of squares instead of the sum: a constant factor,
     so the ranking within a row — all that pruning uses — is the same.
     """
-    _check_W(W)
+    check_matrix(W)
     if x_norm.shape != (W.shape[1],):
         raise ValueError(f"x_norm must have one entry per input channel ({W.shape[1]}), "
                          f"got shape {tuple(x_norm.shape)}")

@@ -29,7 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .calibration import capture_inputs
-from .eval import check_seqlen
+from .checks import check_seqlen, max_positions
 from .models import ADAPTERS, Adapter, adapter_for, decoder_layers, get_module
 
 log = logging.getLogger(__name__)
@@ -255,7 +255,7 @@ def _validate(model, calib, sparsity, batch_size) -> int:
     if not isinstance(calib, torch.Tensor) or calib.dtype != torch.long or calib.dim() != 2 or calib.numel() == 0:
         raise TypeError("calib must be a non-empty LongTensor [nsamples, seqlen] of token ids, "
                         "e.g. sparselib.calibration_data(tokenizer)")
-    check_seqlen(model, calib.shape[1])
+    check_seqlen(calib.shape[1], max_positions(model.config))
     if int(calib.max()) >= config.vocab_size or int(calib.min()) < 0:
         raise ValueError(f"calib holds token ids outside [0, {config.vocab_size}); "
                          f"tokenize with this model's tokenizer")
