@@ -114,3 +114,50 @@ def missing(method: str, sparsities, name: str = SWEEP, **options) -> list:
     """The sparsities of ``method`` not recorded yet (for a chapter to say so plainly)."""
     have = recorded(method, sparsities, name, **options)
     return [s for s in sparsities if s not in have]
+
+
+GPU_RUN_PREFIX = "semi_structured_gpu_"
+
+
+_INT_COLUMNS = ("out_features", "in_features", "tokens")
+_FLOAT_COLUMNS = ("dense_ms", "sparse_ms", "speedup", "max_abs_diff")
+
+
+def _typed(row: dict) -> dict:
+    return {k: int(v) if k in _INT_COLUMNS else float(v) if k in _FLOAT_COLUMNS else v for k, v in row.items()}
+
+
+def gpu_runs() -> list[dict]:
+    """Every recorded 2:4 GPU run in ``sparselib/results/``, oldest first (a newer run never hides an older).
+
+    A run is one ``semi_structured_gpu_<date>_<gpu>.json`` (written by ``benchmarks/semi_structured.py``,
+    or a note transcribed from a run's logs beside the CSV that run wrote). Each is returned as a dict:
+
+    - ``name``: the file stem; ``provenance``: GPU, ``capability``, ``torch``, ``cuda``, ``cusparselt``,
+      ``backend``, ``date_utc``, ``script``, ``protocol``...;
+    - ``linear``: one linear, dense vs 2:4 fp16, rows of ``out_features, in_features, tokens, dense_ms,
+      sparse_ms, speedup, backend, path`` (``path``: "eager" or "cuda_graph");
+    - ``end_to_end``: whole models, rows of ``model, weights`` ("real" or "random"), ``phase``
+      ("prefill", "decode", "forward"...), ``path``, ``batch``, ``seqlen`` or ``new_tokens``, dense and
+      2:4 figures (``*_tok_s`` or ``*_ms``) and ``speedup`` (dense time / 2:4 time);
+    - ``data``: the whole file (profiles, checks, failures), for anything else.
+    """
+    import csv
+
+    runs = []
+    for path in sorted(RESULTS_DIR.glob(f"{GPU_RUN_PREFIX}*.json")):
+        data = json.loads(path.read_text())
+        if "linear_csv" in data:  # the first run: its grid is the CSV the script wrote then
+            with open(RESULTS_DIR / data["linear_csv"], newline="") as f:
+                linear = [{**_typed(row), "path": "eager"} for row in csv.DictReader(f)]
+            for r in data.get("kernel_overhead", {}).get("rows", []):
+                linear.append({"out_features": r["out_features"], "in_features": r["in_features"],
+                               "tokens": r["tokens"], "dense_ms": r["graph_dense_ms"],
+                               "sparse_ms": r["graph_sparse_ms"], "speedup": r["graph_speedup"],
+                               "backend": data["provenance"].get("backend"), "path": "cuda_graph"})
+        else:
+            linear = data.get("linear", [])
+        e2e = data.get("end_to_end", [])
+        runs.append({"name": path.stem, "provenance": data["provenance"], "linear": linear,
+                     "end_to_end": e2e["rows"] if isinstance(e2e, dict) else e2e, "data": data})
+    return sorted(runs, key=lambda run: run["provenance"].get("date_utc", ""))
