@@ -21,15 +21,17 @@ def embedded(page: str) -> list[dict]:
     return [json.loads(text.replace("<\\/", "</")) for text in found]
 
 
+#: The keep-mask of each view, straight from sparselib's mask and score functions.
+LIBRARY_MASKS = {
+    "dense": lambda W, x_norm, s: torch.ones_like(W, dtype=torch.bool),
+    "magnitude": lambda W, x_norm, s: unstructured_mask(magnitude_scores(W), s, per="row"),
+    "wanda": lambda W, x_norm, s: unstructured_mask(wanda_scores(W, x_norm), s, per="row"),
+    "2:4": lambda W, x_norm, s: nm_mask(wanda_scores(W, x_norm), 2, 4),
+}
+
+
 def library_mask(W, x_norm, mode, s):
-    """The keep-mask of a view, straight from sparselib's mask and score functions."""
-    if mode == "dense":
-        return torch.ones_like(W, dtype=torch.bool)
-    if mode == "magnitude":
-        return unstructured_mask(magnitude_scores(W), s, per="row")
-    if mode == "wanda":
-        return unstructured_mask(wanda_scores(W, x_norm), s, per="row")
-    return nm_mask(wanda_scores(W, x_norm), 2, 4)
+    return LIBRARY_MASKS[mode](W, x_norm, s)
 
 
 def shown(state) -> torch.Tensor:
