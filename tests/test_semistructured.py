@@ -515,3 +515,37 @@ def test_benchmark_linear_computes_the_same_product():
     result = benchmark_linear(1536, 576, 64, min_run_time=0.05)
     assert result["dense_ms"] > 0 and result["sparse_ms"] > 0 and result["graph_sparse_ms"] > 0
     assert result["max_abs_diff"] < 0.5  # a few fp16 ulps of outputs ~N(0, 288); a wrong product is off by tens
+
+
+# --------------------------------------------------------------------------------------------
+# Recorded GPU runs: every run kept, with its provenance
+# --------------------------------------------------------------------------------------------
+def test_the_recorded_h200_run_loads_with_its_provenance():
+    from sparselib.course import results
+
+    runs = {run["name"]: run for run in results.gpu_runs()}
+    h200 = runs["semi_structured_gpu_2026-11-29_h200"]
+    assert h200["provenance"]["gpu"] == "NVIDIA H200" and h200["provenance"]["torch"] == "2.11.0+cu130"
+    eager = [r for r in h200["linear"] if r["path"] == "eager"]
+    with open(results.RESULTS_DIR / "semi_structured_gpu_2026-11-29_h200.csv") as f:
+        assert len(eager) == len(f.readlines()) - 1
+    assert {r["path"] for r in h200["linear"]} == {"eager", "cuda_graph"}
+    for r in h200["linear"]:  # graph rows: the speedup as the script printed it (its own estimator)
+        rel = 0.02 if r["path"] == "eager" else 0.05
+        assert r["speedup"] == pytest.approx(r["dense_ms"] / r["sparse_ms"], rel=rel, abs=0.01)
+    assert all({"model", "weights", "phase", "path", "speedup"} <= row.keys() for row in h200["end_to_end"])
+
+
+def test_a_newer_gpu_run_sits_beside_the_older_one(tmp_path, monkeypatch):
+    from sparselib.course import results
+
+    for date, speedup in (("2027-01-02T00:00:00+00:00", 1.2), ("2026-12-01T00:00:00+00:00", 0.5)):
+        run = {"provenance": {"date_utc": date, "gpu": "X"},
+               "linear": [{"out_features": 64, "in_features": 64, "tokens": 8, "dense_ms": 1.0,
+                           "sparse_ms": 1 / speedup, "speedup": speedup, "backend": "cusparselt",
+                           "path": "eager"}], "end_to_end": []}
+        results.save_result(f"semi_structured_gpu_{date[:10]}_x", run, tmp_path)
+    monkeypatch.setattr(results, "RESULTS_DIR", tmp_path)
+    runs = results.gpu_runs()
+    assert [r["provenance"]["date_utc"][:4] for r in runs] == ["2026", "2027"]   # both, oldest first
+    assert [r["linear"][0]["speedup"] for r in runs] == [0.5, 1.2]
