@@ -6,20 +6,20 @@ them with jupyterquiz, which works in a live notebook and in the static HTML boo
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from importlib import resources
 
-QUIZ_DIR = Path(__file__).resolve().parent.parent / "quizzes"
+QUIZ_DIR = resources.files("sparselib") / "quizzes"
 _TYPES = {"multiple_choice", "many_choice", "numeric"}
 
 
 def quiz_names() -> list[str]:
-    return sorted(p.stem for p in QUIZ_DIR.glob("*.json"))
+    return sorted(p.name.removesuffix(".json") for p in QUIZ_DIR.iterdir() if p.name.endswith(".json"))
 
 
 def load_quiz(name: str) -> list[dict]:
     """The questions of quiz ``name`` (a file stem such as ``"01-landscape"``), validated."""
     path = QUIZ_DIR / f"{name}.json"
-    if not path.exists():
+    if not path.is_file():
         raise ValueError(f"no quiz named {name!r}; available: {', '.join(quiz_names())}")
     questions = json.loads(path.read_text(encoding="utf-8"))
     for i, q in enumerate(questions):

@@ -19,14 +19,18 @@ static page), and :func:`visualizer_widget` is the ipywidgets version for a live
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import html
 import itertools
 import json
+import string
+from importlib import resources
 from typing import Sequence
 
 import torch
 
+from ..checks import check_matrix
 from ..masks import nm_mask, parse_sparsity, unstructured_mask
 from ..scores import magnitude_scores, wanda_scores
 
@@ -72,15 +76,13 @@ def _as_tensor(name: str, value, shape_hint: str) -> torch.Tensor:
 
 
 def _check(W, x_norm, outliers=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    W = _as_tensor("W", W, "[out_features, in_features]")
-    if W.dim() != 2 or 0 in W.shape:
+    W = check_matrix(_as_tensor("W", W, "[out_features, in_features]"), "W")
+    if 0 in W.shape:
         raise ValueError(f"W must be a non-empty 2-D matrix [out_features, in_features], got shape "
                          f"{tuple(W.shape)}")
     if W.numel() > MAX_WEIGHTS:
         raise ValueError(f"W has {W.numel()} weights, too many to draw one cell each (at most "
                          f"{MAX_WEIGHTS}); pass a slice such as W[:8, :32]")
-    if not torch.isfinite(W).all():
-        raise ValueError("W contains NaN or Inf; pass finite weights")
     x_norm = _as_tensor("x_norm", x_norm, "[in_features]")
     if x_norm.shape != (W.shape[1],):
         raise ValueError(f"x_norm must hold one norm per input channel of W, shape ({W.shape[1]},); got "
@@ -233,50 +235,17 @@ def _names(name: str, values, count: int, prefix: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# Rendering (shared by the static widget and the ipywidgets one)
+# Rendering (shared by the static widget and the ipywidgets one). The front end is in package
+# files: static/visualizer.css (the look), static/visualizer.js (switching views in the page) and
+# static/visualizer.html (the static widget's frame, a string.Template).
 # --------------------------------------------------------------------------------------------
-_CSS = """
-.sv-root{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;font-size:13px;color:#222;
-  border:1px solid #ddd;border-radius:6px;padding:10px 12px;margin:8px 0;max-width:100%;overflow-x:auto;
-  background:#fff}
-.sv-root .sv-title{font-weight:600;margin-bottom:6px}
-.sv-root .sv-controls{display:flex;flex-wrap:wrap;gap:14px;align-items:center;margin-bottom:8px}
-.sv-root .sv-mode{border:1px solid #888;background:#f4f4f4;padding:4px 10px;margin-right:-1px;cursor:pointer;
-  font:inherit;color:#222}
-.sv-root .sv-mode[aria-pressed="true"]{background:#2b5d9c;color:#fff;border-color:#2b5d9c}
-.sv-root .sv-slider[disabled]{opacity:.4}
-.sv-root table.sv-grid{border-collapse:separate;border-spacing:2px;margin:0;width:auto}
-.sv-root .sv-grid th,.sv-root .sv-grid td{font-size:12px;line-height:1.25;vertical-align:middle}
-.sv-root .sv-grid th{font-weight:500;color:#555;padding:2px 4px;text-align:center;white-space:nowrap;
-  border:none;background:none}
-.sv-root .sv-grid th.sv-colname{font-size:11px;color:#888;font-weight:400}
-.sv-root .sv-gap{width:4px;padding:0;border:none;background:none}
-.sv-root .sv-grid th.sv-norm[data-outlier="1"]{background:#f6a04d;color:#000;border-radius:3px}
-.sv-root .sv-cell{min-width:40px;padding:4px 3px;text-align:center;font-family:ui-monospace,Menlo,monospace;
-  font-size:12px;border-radius:3px;border:2px solid transparent}
-.sv-root .sv-cell[data-kept="1"]{background:#b9e3b0;color:#0b3d0b}
-.sv-root .sv-cell[data-kept="0"]{background:#ececec;color:#aaa;text-decoration:line-through}
-.sv-root .sv-cell[data-outlier="1"]{border-color:#f6a04d}
-.sv-root .sv-cell[data-outlier="1"][data-kept="0"]{background:#f4b6ae;color:#8a1c10}
-.sv-root .sv-err{min-width:150px;text-align:left;padding-left:8px;white-space:nowrap}
-.sv-root .sv-barbox{display:inline-block;width:100px;height:10px;vertical-align:middle;margin-right:6px}
-.sv-root .sv-bar{display:block;height:10px;background:#c0392b}
-.sv-root.sv-compact .sv-cell{min-width:10px;width:10px;height:16px;padding:0;font-size:0;border-width:1px}
-.sv-root.sv-compact .sv-gap{width:2px}
-.sv-root.sv-compact .sv-grid th{padding:2px 1px}
-.sv-root.sv-compact .sv-grid th.sv-norm,.sv-root.sv-compact .sv-grid th.sv-colname{writing-mode:vertical-rl;
-  transform:rotate(180deg);font-size:10px;padding:3px 0}
-.sv-root.sv-compact .sv-err{min-width:0;padding-left:4px}
-.sv-root.sv-compact .sv-barbox{width:40px;margin-right:3px}
-.sv-root .sv-summary{margin:8px 0 2px 0}
-.sv-root .sv-legend{margin:2px 0;color:#555;font-size:12px}
-.sv-root .sv-key{display:inline-block;width:12px;height:12px;border-radius:2px;vertical-align:middle;
-  margin:0 3px 0 8px;border:2px solid transparent}
-"""
-
-
 #: Wider than this, cells are drawn as small squares without their values (shown on hover).
 COMPACT_COLUMNS = 16
+
+
+@functools.lru_cache(maxsize=None)
+def _static(name: str) -> str:
+    return (resources.files(__package__) / "static" / name).read_text(encoding="utf-8")
 
 
 def _root_class(data: dict) -> str:
@@ -289,25 +258,34 @@ def _state_at(data: dict, mode: str, step: int) -> dict:
     return states[min(step, len(states) - 1)]
 
 
-def _grid(data: dict, mode: str, step: int) -> str:
-    """The grid, row errors and summary of one view (no controls, no script)."""
-    state = _state_at(data, mode, step)
-    esc = html.escape
-    # a thin spacer before every group of 4 inputs, where the 2:4 view is possible
-    gap = (lambda j: '<td class="sv-gap"></td>' if j and j % 4 == 0 else "") \
-        if data["shape"][1] % 4 == 0 else (lambda j: "")
+def _group_gap(data: dict):
+    """``gap(j)``: a thin spacer cell before every group of 4 inputs, where the 2:4 view is possible."""
+    if data["shape"][1] % 4:
+        return lambda j: ""
+    return lambda j: '<td class="sv-gap"></td>' if j and j % 4 == 0 else ""
+
+
+def _head_rows(data: dict) -> str:
+    """Two header rows: the input channels' names, then their norms with the outliers marked."""
+    esc, gap = html.escape, _group_gap(data)
     names = ['<tr><th class="sv-corner">input</th>']
-    head = ['<tr><th class="sv-corner">‖X_j‖</th>']
+    norms = ['<tr><th class="sv-corner">‖X_j‖</th>']
     for j, (norm, out) in enumerate(zip(data["x_norm"], data["outliers"])):
         names.append(f'{gap(j)}<th class="sv-colname" data-col="{j}">{esc(data["col_names"][j])}</th>')
-        head.append(f'{gap(j)}<th class="sv-norm" data-col="{j}" data-outlier="{int(out)}" '
-                    f'title="{esc(data["col_names"][j])}: ‖X_j‖ = {norm:.4g}">{norm:.1f}</th>')
+        norms.append(f'{gap(j)}<th class="sv-norm" data-col="{j}" data-outlier="{int(out)}" '
+                     f'title="{esc(data["col_names"][j])}: ‖X_j‖ = {norm:.4g}">{norm:.1f}</th>')
     names.append("<th></th></tr>")
-    head.append('<th class="sv-err-head">row error</th></tr>')
-    body = []
-    for i, row in enumerate(data["W"]):
+    norms.append('<th class="sv-err-head">row error</th></tr>')
+    return "".join(names + norms)
+
+
+def _body_rows(data: dict, state: dict) -> str:
+    """One row per output: its weights as cells (kept or pruned in ``state``) and its error bar."""
+    esc, gap = html.escape, _group_gap(data)
+    rows = []
+    for i, weights in enumerate(data["W"]):
         cells = [f'<tr class="sv-row" data-row="{i}"><th>{esc(data["row_names"][i])}</th>']
-        for j, w in enumerate(row):
+        for j, w in enumerate(weights):
             cells.append(f'{gap(j)}<td class="sv-cell" data-row="{i}" data-col="{j}" '
                          f'data-outlier="{int(data["outliers"][j])}" data-kept="{state["keep"][i][j]}" '
                          f'title="W[{i},{j}] = {w:+.4g}, |W|·‖X_j‖ = {abs(w) * data["x_norm"][j]:.4g}">'
@@ -316,62 +294,28 @@ def _grid(data: dict, mode: str, step: int) -> str:
         cells.append(f'<td class="sv-err" data-row="{i}"><span class="sv-barbox"><span class="sv-bar" '
                      f'style="width:{100 * rel:.1f}%"></span></span><span class="sv-err-text">{rel:.1%}</span>'
                      f'</td></tr>')
-        body.append("".join(cells))
-    legend = ('<p class="sv-legend">'
-              '<span class="sv-key" style="background:#b9e3b0"></span>kept'
-              '<span class="sv-key" style="background:#ececec"></span>pruned'
-              '<span class="sv-key" style="background:#fff;border-color:#f6a04d"></span>outlier channel'
-              + (f' ({esc(data["outlier_rule"])})' if data["outlier_rule"] else '')
-              + '<span class="sv-key" style="background:#f4b6ae;border-color:#f6a04d"></span>pruned on an outlier '
-              'channel. Row error: √Σ<sub>j</sub>(W<sub>ij</sub>−Ŵ<sub>ij</sub>)²‖X<sub>j</sub>‖², relative to '
-              'the dense row (exact when input channels are uncorrelated).'
-              + (' Hover over a cell for its weight.' if data["shape"][1] > COMPACT_COLUMNS else '')
-              + '</p>')
-    return (f'<table class="sv-grid"><thead>{"".join(names)}{"".join(head)}</thead>'
-            f'<tbody>{"".join(body)}</tbody></table>'
-            f'<p class="sv-summary">{esc(state["summary"])}</p>{legend}')
+        rows.append("".join(cells))
+    return "".join(rows)
 
 
-_JS = """
-(function () {
-  var root = document.getElementById(%(id)s);
-  if (!root || root.dataset.ready) return;
-  root.dataset.ready = "1";
-  var data = JSON.parse(root.querySelector("script.sv-data").textContent);
-  var buttons = root.querySelectorAll("button.sv-mode");
-  var slider = root.querySelector("input.sv-slider");
-  var label = root.querySelector(".sv-sparsity-value");
-  function show() {
-    var mode = root.getAttribute("data-mode"), step = +slider.value;
-    var info = data.modes.filter(function (m) { return m.key === mode; })[0];
-    var states = data.states[mode], st = states[Math.min(step, states.length - 1)];
-    root.querySelectorAll("td.sv-cell").forEach(function (c) {
-      c.setAttribute("data-kept", st.keep[+c.getAttribute("data-row")][+c.getAttribute("data-col")]);
-    });
-    root.querySelectorAll("td.sv-err").forEach(function (c) {
-      var rel = st.row_error_rel[+c.getAttribute("data-row")];
-      c.querySelector(".sv-bar").style.width = (100 * rel).toFixed(1) + "%%";
-      c.querySelector(".sv-err-text").textContent = (100 * rel).toFixed(1) + "%%";
-    });
-    root.querySelector(".sv-summary").textContent = st.summary;
-    buttons.forEach(function (b) {
-      b.setAttribute("aria-pressed", b.getAttribute("data-mode") === mode ? "true" : "false");
-    });
-    slider.disabled = !info.uses_sparsity;
-    label.textContent = info.uses_sparsity ? st.sparsity_label
-                                           : st.sparsity_label + " (fixed by this mode)";
-    root.setAttribute("data-sparsity", String(st.sparsity));
-  }
-  buttons.forEach(function (b) {
-    b.addEventListener("click", function () {
-      root.setAttribute("data-mode", b.getAttribute("data-mode"));
-      show();
-    });
-  });
-  slider.addEventListener("input", function () { root.setAttribute("data-step", slider.value); show(); });
-  show();
-})();
-"""
+def _legend(data: dict) -> str:
+    key = '<span class="sv-key" style="{}"></span>'.format
+    rule = f' ({html.escape(data["outlier_rule"])})' if data["outlier_rule"] else ''
+    hover = ' Hover over a cell for its weight.' if data["shape"][1] > COMPACT_COLUMNS else ''
+    return ('<p class="sv-legend">'
+            f'{key("background:#b9e3b0")}kept{key("background:#ececec")}pruned'
+            f'{key("background:#fff;border-color:#f6a04d")}outlier channel{rule}'
+            f'{key("background:#f4b6ae;border-color:#f6a04d")}pruned on an outlier channel. '
+            'Row error: √Σ<sub>j</sub>(W<sub>ij</sub>−Ŵ<sub>ij</sub>)²‖X<sub>j</sub>‖², relative to the '
+            f'dense row (exact when input channels are uncorrelated).{hover}</p>')
+
+
+def _grid(data: dict, mode: str, step: int) -> str:
+    """The grid, row errors, summary and legend of one view (no controls, no script)."""
+    state = _state_at(data, mode, step)
+    return (f'<table class="sv-grid"><thead>{_head_rows(data)}</thead>'
+            f'<tbody>{_body_rows(data, state)}</tbody></table>'
+            f'<p class="sv-summary">{html.escape(state["summary"])}</p>{_legend(data)}')
 
 
 def _initial(data: dict, mode: str, sparsity: float) -> tuple[str, int]:
@@ -381,6 +325,12 @@ def _initial(data: dict, mode: str, sparsity: float) -> tuple[str, int]:
     sparsity = parse_sparsity(sparsity).sparsity
     step = min(range(len(data["sparsities"])), key=lambda k: abs(data["sparsities"][k] - sparsity))
     return mode, step
+
+
+def _mode_buttons(data: dict, mode: str) -> str:
+    return "".join(f'<button type="button" class="sv-mode" data-mode="{html.escape(m["key"])}" '
+                   f'aria-pressed="{str(m["key"] == mode).lower()}">{html.escape(m["label"])}</button>'
+                   for m in data["modes"])
 
 
 def visualizer_html(W, x_norm, *, title: str = "Sparsity visualizer", mode: str = "dense",
@@ -400,21 +350,12 @@ def visualizer_html(W, x_norm, *, title: str = "Sparsity visualizer", mode: str 
     if element_id is None:
         digest = hashlib.sha1(payload.encode()).hexdigest()[:8]
         element_id = f"sv-{digest}-{next(_ids)}"
-    buttons = "".join(f'<button type="button" class="sv-mode" data-mode="{html.escape(m["key"])}" '
-                      f'aria-pressed="{str(m["key"] == mode).lower()}">{html.escape(m["label"])}</button>'
-                      for m in data["modes"])
-    last = len(data["sparsities"]) - 1
-    shown = _state_at(data, mode, step)["sparsity_label"]
-    controls = (f'<div class="sv-controls"><span class="sv-modes" role="group" aria-label="pruning rule">'
-                f'{buttons}</span><label class="sv-sparsity">sparsity per row '
-                f'<input type="range" class="sv-slider" min="0" max="{last}" step="1" value="{step}"> '
-                f'<output class="sv-sparsity-value">{shown}</output></label></div>')
-    safe_json = payload.replace("</", "<\\/")
-    return (f'<div class="{_root_class(data)}" id="{html.escape(element_id)}" data-mode="{html.escape(mode)}" '
-            f'data-step="{step}"><style>{_CSS}</style><div class="sv-title">{html.escape(title)}</div>'
-            f'{controls}{_grid(data, mode, step)}'
-            f'<script type="application/json" class="sv-data">{safe_json}</script>'
-            f'<script>{_JS % {"id": json.dumps(element_id)}}</script></div>')
+    return string.Template(_static("visualizer.html")).substitute(
+        root_class=_root_class(data), element_id=html.escape(element_id), mode=html.escape(mode), step=step,
+        css=_static("visualizer.css"), title=html.escape(title), buttons=_mode_buttons(data, mode),
+        last_step=len(data["sparsities"]) - 1, sparsity_label=_state_at(data, mode, step)["sparsity_label"],
+        view=_grid(data, mode, step), data_json=payload.replace("</", "<\\/"), js=_static("visualizer.js"),
+        element_id_json=json.dumps(element_id))
 
 
 def visualizer_widget(W, x_norm, *, title: str = "Sparsity visualizer", mode: str = "dense",
@@ -436,7 +377,7 @@ def visualizer_widget(W, x_norm, *, title: str = "Sparsity visualizer", mode: st
         uses = next(m for m in data["modes"] if m["key"] == buttons.value)["uses_sparsity"]
         slider.disabled = not uses
         view.value = (f'<div class="{_root_class(data)}" data-mode="{html.escape(buttons.value)}">'
-                      f'<style>{_CSS}</style><div class="sv-title">{html.escape(title)}</div>'
+                      f'<style>{_static("visualizer.css")}</style><div class="sv-title">{html.escape(title)}</div>'
                       f'{_grid(data, buttons.value, slider.value)}</div>')
 
     buttons.observe(redraw, names="value")
