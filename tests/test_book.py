@@ -64,3 +64,153 @@ def test_requirements_pin_the_book_and_torch():
     req = (ROOT / "requirements.txt").read_text()
     assert re.search(r"^jupyter-book[^\n]*<2", req, re.M)
     assert re.search(r"^torch==2\.13\.0", req, re.M)
+
+
+# ---------------------------------------------------------------------------------------------------
+# What a reader sees: text about the subject, not about how the book was made; tables and conclusions
+# that render; paper numbers with their source.
+
+PAGES_MD = [ROOT / "intro.md", ROOT / "references.md"]
+QUIZZES = sorted((ROOT / "sparselib" / "quizzes").glob("*.json"))
+
+# Phrases about the making of the book (acceptance runs, budgets, notes files, fallbacks for results
+# not yet recorded, the machine it was written on). A reader needs the protocol, the machine and the
+# date of a measurement, not these.
+PROCESS_PHRASES = [
+    r"acceptance run",
+    r"time budget",
+    r"reference[- ]rules",
+    r"no gpu measurements? (has|have) been recorded",
+    r"not recorded yet",
+    r"sweep\.py resumes",
+    r"rather than made up",
+    r"shared \d+-core",
+    r"quoted secondhand",
+    r"secondary source",
+    r"\(secondary\)",
+    r"for this course yet",
+]
+PROCESS_RE = re.compile("|".join(PROCESS_PHRASES), re.I)
+
+
+def _cells(path: Path):
+    """(kind, index, text) of every cell of a notebook."""
+    nb = json.loads(path.read_text())
+    return [(c["cell_type"], i, "".join(c["source"])) for i, c in enumerate(nb["cells"])]
+
+
+def _reader_texts():
+    """Every text a reader can see: notebook cells (code too: it prints), markdown pages, quizzes."""
+    for path in NOTEBOOKS:
+        for kind, i, text in _cells(path):
+            yield f"{path.name} cell {i} ({kind})", text
+    for path in PAGES_MD:
+        yield path.name, path.read_text()
+    for path in QUIZZES:
+        yield path.name, path.read_text()
+
+
+def test_process_phrase_pattern_catches_the_phrases_it_lists():
+    for text in ("The acceptance run of this chapter", "the chapter's time budget", "see the reference-rules notes",
+                 "No GPU measurements have been recorded for this course yet", "not recorded yet (benchmarks/sweep.py "
+                 "resumes where it stopped)", "on a shared 2-core machine", "quoted secondhand"):
+        assert PROCESS_RE.search(text), text
+    assert not PROCESS_RE.search("recorded on 2026-11-29 on an NVIDIA H200 with torch 2.11")
+
+
+def test_no_text_about_how_the_book_was_made():
+    hits = [f"{where}: {m.group(0)!r}" for where, text in _reader_texts() for m in PROCESS_RE.finditer(text)]
+    assert not hits, "rewrite these for a reader (protocol, machine and date, once per chapter):\n" + "\n".join(hits)
+
+
+# A quoted paper number: a paragraph of a markdown cell (or page) that names a published model (LLaMA,
+# Llama-2, OPT-<size>, BLOOM, or a parameter count such as 7B or 70B) and holds a decimal number (a
+# perplexity, a speedup) or a percentage that is not a multiple of 5 (sparsity levels are). The
+# convention: such a paragraph carries a {cite}`key` role, and every key is in references.bib. Code
+# blocks and display math are not prose and are skipped. Quizzes cannot cite, so they quote no
+# paper numbers.
+PAPER_MODEL = re.compile(r"\b(?i:LLaMA|Llama-2|OPT-\d|BLOOM)|\b\d+B\b(?!-sized)")
+NUMBER = re.compile(r"\b\d+\.\d+\b|\b\d*[1-46-9]\s?%")
+CITE = re.compile(r"\{cite(?::[a-z]+)?\}`([^`]+)`")
+NOT_PROSE = re.compile(r"```.*?```|~~~.*?~~~|\$\$.*?\$\$|\{glue(?::\w+)?\}`[^`]*`", re.S)
+
+
+def _paragraphs(text: str):
+    return [p for p in re.split(r"\n\s*\n", NOT_PROSE.sub("", text)) if p.strip()]
+
+
+def _uncited_paper_numbers(text: str) -> list[str]:
+    return [p.strip()[:120] for p in _paragraphs(text)
+            if PAPER_MODEL.search(p) and NUMBER.search(CITE.sub("", p)) and not CITE.search(p)]
+
+
+def test_citation_rule_tells_cited_from_uncited_paper_numbers():
+    assert _uncited_paper_numbers("LLaMA-2-7B goes from 5.12 to 6.42 at 50%.")
+    assert not _uncited_paper_numbers("LLaMA-2-7B goes from 5.12 to 6.42 {cite}`sun2024wanda`.")
+    assert not _uncited_paper_numbers("SmolLM2 reaches {glue:text}`w50:.1f` on Brown.")
+    assert _uncited_paper_numbers("First paragraph {cite}`x`.\n\nOPT-125M: 27.66.")
+    assert not _uncited_paper_numbers("OPT-125M pruned to 50% on WikiText-2.")
+    assert not _uncited_paper_numbers("A 7B-sized model holds 6.7 GB in fp16.")
+    assert not _uncited_paper_numbers("```python\nLLaMA = 5.12\n```")
+
+
+def test_every_quoted_paper_number_carries_a_citation_key():
+    bib = (ROOT / "references.bib").read_text()
+    keys = set(re.findall(r"^@\w+\{([^,]+),", bib, re.M))
+    missing, unknown = [], []
+    for path in NOTEBOOKS:
+        for kind, i, text in _cells(path):
+            if kind != "markdown":
+                continue
+            missing += [f"{path.name} cell {i}: {p}" for p in _uncited_paper_numbers(text)]
+            unknown += [f"{path.name} cell {i}: {k.strip()}" for m in CITE.finditer(text)
+                        for k in m.group(1).split(",") if k.strip() not in keys]
+    for path in QUIZZES:
+        for q in json.loads(path.read_text()):
+            texts = [q["question"]] + [a[f] for a in q.get("answers", []) for f in ("answer", "feedback") if f in a]
+            missing += [f"{path.name}: {t[:120]}" for t in texts
+                        if PAPER_MODEL.search(t) and NUMBER.search(t)]
+    assert not missing, "paper numbers without a {cite}`key` in the same paragraph:\n" + "\n".join(missing)
+    assert not unknown, "citation keys missing from references.bib:\n" + "\n".join(unknown)
+
+
+def _last_expression_call(source: str) -> str | None:
+    """The name of the function a code cell's last expression calls (what the cell displays), if any."""
+    import ast
+
+    lines = [ln for ln in source.splitlines() if not ln.lstrip().startswith(("!", "%"))]
+    try:
+        tree = ast.parse("\n".join(lines))
+    except SyntaxError:
+        return None
+    if not tree.body or not isinstance(tree.body[-1], ast.Expr) or not isinstance(tree.body[-1].value, ast.Call):
+        return None
+    func = tree.body[-1].value.func
+    return func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_chapters_print_tables_as_html_and_write_conclusions_in_markdown(path):
+    """myst-nb renders a code cell's markdown output as CommonMark: no tables, no math. A table is
+    printed with sparselib.course.tables.html_table; a conclusion is a markdown cell with glued values."""
+    bad = []
+    for kind, i, text in _cells(path):
+        if kind != "code":
+            continue
+        if re.search(r"\|\s*:?-{3,}", text):
+            bad.append(f"cell {i}: builds a markdown table (use html_table)")
+        if _last_expression_call(text) == "Markdown" or re.search(r"display\(\s*(IPython\.display\.)?Markdown\(", text):
+            bad.append(f"cell {i}: displays Markdown(...) (write a markdown cell with {{glue:text}} values)")
+    assert not bad, f"{path.name}:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_glued_name_is_glued_in_the_same_chapter(path):
+    cells = _cells(path)
+    code = "\n".join(t for k, _, t in cells if k == "code")
+    glued = set(re.findall(r"""glue\(\s*f?["']([\w{}\[\]\-:.]+)["']""", code))
+    patterns = [re.compile("^" + re.sub(r"\\\{[^}]*\\\}", r"[\\w.:-]+", re.escape(g)) + "$") for g in glued]
+    used = {m.group(1).split(":")[0] for k, _, t in cells if k == "markdown"
+            for m in re.finditer(r"\{glue(?::\w+)?\}`([^`]+)`", t)}
+    unglued = sorted(u for u in used if not any(p.match(u) for p in patterns))
+    assert not unglued, f"{path.name}: markdown uses glue names no code cell glues: {unglued}"

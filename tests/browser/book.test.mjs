@@ -3,7 +3,10 @@
 //      sparselib's masks (recomputed by tests/browser/expected_masks.py) and its embedded data;
 //      magnitude and Wanda show different masks;
 //  (b) every chapter's quiz renders all its questions, and answering gives the right feedback;
-//  (c) screenshots go to the artifacts folder.
+//  (c) screenshots go to the artifacts folder;
+//  (d) on every page, formulas are typeset by the MathJax the book serves itself (no raw \( \) left),
+//      every table a chapter printed is an HTML <table> with the rows its executed notebook holds,
+//      and no markdown table text (|---|) reaches the page.
 // Only the local server is reachable from the page: anything else (CDNs) is blocked, so what works
 // here works offline.
 //
@@ -25,6 +28,10 @@ const PYTHON = process.env.PYTHON ?? path.join(ROOT, ".venv/bin/python");
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const VIZ_PAGE = "chapters/07-visualizer.html";
 const QUIZ_DIR = path.join(ROOT, "sparselib/quizzes");
+// The executed notebooks the book was built from: make notebooks' copy (.ci-book/chapters) or
+// make book's execution folder (_build/jupyter_execute/chapters).
+const EXECUTED = [process.env.EXECUTED_NOTEBOOKS, path.resolve(BOOK, "../../chapters"),
+                  path.resolve(BOOK, "../jupyter_execute/chapters")].filter(Boolean);
 
 let failures = 0;
 async function check(name, fn) {
@@ -165,6 +172,62 @@ async function testQuiz(page, base, rel) {
   await quiz.screenshot({ path: path.join(ARTIFACTS, `quiz-${stem}.png`) });
 }
 
+/** Row counts of the HTML tables a chapter's executed notebook printed, in order (null: no notebook). */
+function printedTables(stem) {
+  for (const dir of EXECUTED) {
+    const file = path.join(dir, `${stem}.ipynb`);
+    if (!fs.existsSync(file)) continue;
+    const nb = JSON.parse(fs.readFileSync(file, "utf8"));
+    const rows = [];
+    for (const cell of nb.cells) {
+      const tags = cell.metadata?.tags ?? [];
+      if (cell.cell_type !== "code" || tags.includes("remove-cell") || tags.includes("remove-output")) continue;
+      for (const out of cell.outputs ?? []) {
+        const html = [].concat(out.data?.["text/html"] ?? []).join("");
+        for (const table of html.match(/<table[\s\S]*?<\/table>/g) ?? []) rows.push((table.match(/<tr[\s>]/g) ?? []).length);
+      }
+    }
+    return rows;
+  }
+  return null;
+}
+
+/** Text outside code listings, formulas and scripts: what a reader reads as prose. */
+const proseText = (page) => page.evaluate(() => {
+  const skip = (el) => el.closest("pre, code, script, style, textarea, .highlight, mjx-container, mjx-assistive-mml");
+  const walker = document.createTreeWalker(document.querySelector("main") ?? document.body, NodeFilter.SHOW_TEXT);
+  const parts = [];
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) if (!skip(n.parentElement)) parts.push(n.nodeValue);
+  return parts.join(" ");
+});
+
+async function testRendering(page, base, rel) {
+  await page.goto(base + rel, { waitUntil: "load" });
+  const mathjax = await page.evaluate(async () => {
+    if (!window.MathJax?.startup?.promise) return { loaded: false };
+    await window.MathJax.startup.promise;
+    return { loaded: true, src: [...document.scripts].map((s) => s.src).find((s) => /mathjax/i.test(s)) ?? "" };
+  });
+  const mathSpans = await page.$$eval(".math", (els) => els.length);
+  if (mathSpans > 0) {
+    assert.ok(mathjax.loaded, `${rel}: ${mathSpans} formulas but MathJax did not load (network blocked: it must come from the book)`);
+    assert.ok(mathjax.src.startsWith(base), `${rel}: MathJax comes from ${mathjax.src}, not from the book`);
+    const untypeset = await page.$$eval(".math", (els) => els.filter((e) => !e.querySelector("mjx-container")).length);
+    assert.equal(untypeset, 0, `${rel}: ${untypeset} of ${mathSpans} formulas were not typeset`);
+  }
+  const prose = await proseText(page);
+  const raw = prose.match(/\\[([]/g) ?? [];
+  assert.equal(raw.length, 0, `${rel}: raw TeX delimiters left in the text: ${prose.slice(Math.max(0, prose.search(/\\[([]/) - 60)).slice(0, 140)}`);
+  assert.ok(!/\|\s*:?-{3,}:?\s*\|/.test(prose), `${rel}: markdown table text (|---|) reached the page`);
+
+  const want = printedTables(path.basename(rel, ".html"));
+  if (want !== null) {
+    const shown = await page.$$eval(".cell_output table", (ts) => ts.map((t) => t.querySelectorAll("tr").length));
+    assert.deepEqual(shown, want, `${rel}: the tables on the page (rows: ${shown}) are not the ones the notebook printed (rows: ${want})`);
+  }
+  return { math: mathSpans, tables: want?.length ?? 0 };
+}
+
 /** Errors the book's third-party scripts raise, with no kernel and no CDN: sphinx-thebe declares its
  * config constants twice, and jupyterquiz probes MathJax.version before MathJax (from a CDN) exists. */
 function thirdParty(err) {
@@ -205,6 +268,17 @@ async function main() {
         await testQuiz(page, base, `chapters/${rel}`);
       });
     }
+    const pages = ["index.html", ...chapters.map((f) => `chapters/${f}`)];
+    let checkedNotebooks = 0;
+    for (const rel of pages) {
+      await check(`(d) ${rel}: formulas typeset offline, tables are HTML tables, no |---| text`, async () => {
+        const { math, tables } = await testRendering(page, base, rel);
+        if (printedTables(path.basename(rel, ".html")) !== null) checkedNotebooks++;
+        console.log(`  ${math} formulas, ${tables} printed tables`);
+      });
+    }
+    await check("(d) the printed tables were compared with executed notebooks", async () =>
+      assert.ok(checkedNotebooks > 0, `no executed notebooks found in ${EXECUTED.join(", ")}`));
     await check("no JavaScript errors on the pages, other than known third-party ones", async () => {
       const unknown = errors.filter((e) => !thirdParty(e));
       for (const e of errors.filter(thirdParty)) console.log(`  (ignored, third-party) ${e.url}: ${e.message}`);
