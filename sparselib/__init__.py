@@ -25,9 +25,15 @@ from .recovery import RecoveryReport, merge_lora, recover
 from .scores import input_norms, magnitude_scores, wanda_scores
 from .semistructured import (FastPathUnavailable, SparseKernelsUnavailable, SparseLinear24,
                              benchmark_linear, can_use_sparse_kernels, fast_inference, to_semi_structured)
-from .slicegpt import SliceReport, load_sliced, save_sliced, slice_model
+from .slicegpt import SliceReport, slice_model
+from .sliced_checkpoint import load_sliced, register_sliced, save_sliced
+from .sliced_checkpoint import register_when_transformers_loads as _register_when_transformers_loads
 from .sparsegpt import sparsegpt_prune, sparsegpt_prune_shared
 from .version import __version__
+
+# AutoModelForCausalLM.from_pretrained loads a SliceGPT checkpoint after `import sparselib`: the sliced
+# types are registered with transformers as soon as it is imported (this import does not import it).
+_register_when_transformers_loads()
 
 # Teaching support, imported lazily: name -> module of sparselib.course that defines it.
 _COURSE = {

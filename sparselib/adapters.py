@@ -70,10 +70,16 @@ ADAPTERS: dict[str, Adapter] = {
 }
 
 
+# A SliceGPT checkpoint's model_type is this prefix + its dense model_type; it keeps the dense adapter.
+SLICED_PREFIX = "sparselib_sliced_"
+
+
 def adapter_for(model: nn.Module) -> Adapter:
     """The adapter for ``model``'s architecture, or a ValueError that names the supported ones."""
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
+    if isinstance(model_type, str):
+        model_type = model_type.removeprefix(SLICED_PREFIX)
     if model_type not in ADAPTERS:
         raise ValueError(
             f"architecture {model_type!r} is not supported by sparselib; supported model_type values: "

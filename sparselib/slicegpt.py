@@ -15,25 +15,22 @@ unless ``center_embeddings=True`` asks for the reference's behaviour.
 """
 from __future__ import annotations
 
-import json
+import importlib
+import inspect
 import logging
-import os
-import shutil
-import tempfile
 import time
+import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .adapters import ADAPTERS, Adapter, adapter_for, decoder_layers, get_module, layer_linears, weight_of
 from .calibration import capture_inputs
 from .checks import check_seqlen, max_positions
-from .models import ADAPTERS, Adapter, adapter_for, decoder_layers, get_module
 
 log = logging.getLogger(__name__)
-FORMAT = "sparselib-slicegpt/2"
 
 
 # --------------------------------------------------------------------------------------------
@@ -58,17 +55,27 @@ class SlicedLayer(nn.Module):
         h   = x S_attn + attention(norm₁(x))      x [.., d_in] → h [.., d_mid]
         out = h S_mlp  + mlp(norm₂(h))            h [.., d_mid] → out [.., d_out]
 
-    ``layer`` is the original Hugging Face layer (its linears, rotated and sliced in place).
+    ``layer`` is the original Hugging Face layer (its linears, rotated and sliced in place). It answers
+    its decoder as the original layer did (:func:`returns_tuple`, :meth:`decoder_output`).
     """
 
     def __init__(self, layer: nn.Module, adapter: Adapter, S_attn: torch.Tensor, S_mlp: torch.Tensor):
         super().__init__()
         self.layer, self.adapter = layer, adapter
         self.attn_shortcut, self.mlp_shortcut = nn.Parameter(S_attn), nn.Parameter(S_mlp)
+        self.returns_tuple = returns_tuple(layer)
+        self.attn_kwargs = accepted_kwargs(get_module(layer, adapter.attn_output.rpartition(".")[0]))
+
+    def attend(self, x: torch.Tensor, **kwargs) -> tuple[torch.Tensor, tuple]:
+        """``h`` and everything the attention module returned (output, weights[, cache])."""
+        attn = get_module(self.layer, self.adapter.attn_output.rpartition(".")[0])
+        if self.attn_kwargs is not None:  # an attention that takes no **kwargs gets only its own
+            kwargs = {k: v for k, v in kwargs.items() if k in self.attn_kwargs}
+        outputs = attn(hidden_states=self.norm(0)(x), **kwargs)
+        return x @ self.attn_shortcut + outputs[0], outputs
 
     def attention(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        attn = get_module(self.layer, self.adapter.attn_output.rpartition(".")[0])
-        return x @ self.attn_shortcut + attn(hidden_states=self.norm(0)(x), **kwargs)[0]
+        return self.attend(x, **kwargs)[0]
 
     def norm(self, i: int) -> nn.Module:
         return get_module(self.layer, self.adapter.norms[i])
@@ -79,8 +86,37 @@ class SlicedLayer(nn.Module):
             y = get_module(self.layer, name)(y)
         return h @ self.mlp_shortcut + y
 
-    def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
-        return self.mlp(self.attention(hidden_states, **kwargs))
+    def forward(self, hidden_states: torch.Tensor, **kwargs):
+        h, attn_outputs = self.attend(hidden_states, **kwargs)
+        return self.decoder_output(self.mlp(h), attn_outputs, kwargs)
+
+    def decoder_output(self, out: torch.Tensor, attn_outputs: tuple, kwargs: dict):
+        """What the decoder unpacks: the tensor alone, or (as older transformers layers return) the
+        tuple ``(out, [attention weights if output_attentions], [cache if use_cache])``."""
+        if not self.returns_tuple:
+            return out
+        extra = (attn_outputs[1],) if kwargs.get("output_attentions") else ()
+        cache = (attn_outputs[2],) if kwargs.get("use_cache") and len(attn_outputs) > 2 else ()
+        return (out, *extra, *cache)
+
+
+def returns_tuple(layer: nn.Module) -> bool:
+    """Whether ``layer``'s decoder expects a tuple back (transformers < 4.54, and OPT until 5.0) rather
+    than the hidden states alone, read from the return annotation of the layer class's ``forward``
+    (transformers annotates every decoder layer). The one place that knows this contract."""
+    ann = inspect.signature(type(layer).forward).return_annotation
+    if not isinstance(ann, str):
+        ann = getattr(typing.get_origin(ann) or ann, "__name__", "")
+    return ann.lower().startswith("tuple")
+
+
+def accepted_kwargs(module: nn.Module) -> frozenset | None:
+    """The keyword arguments ``module.forward`` accepts; None when it takes ``**kwargs`` (anything).
+    A decoder passes its layers arguments (``use_cache``) that some attention modules do not take."""
+    params = inspect.signature(module.forward).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return frozenset(p.name for p in params)
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,9 +238,21 @@ def pca(signals: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @dataclass
+class SliceRecord:
+    """One decoder-layer linear: its ``W [out, in]`` shape before and after, and the fraction deleted."""
+
+    layer: int
+    name: str
+    shape_before: list[int]
+    shape: list[int]
+    sparsity: float
+
+
+@dataclass
 class SliceReport:
     """What :func:`slice_model` did. ``spectra[name]``: eigenvalues of each signal it rotated
-    ("embeddings", "layer 3 mid", "layer 3 out", ...), descending."""
+    ("embeddings", "layer 3 mid", "layer 3 out", ...), descending. ``records``: one per decoder-layer
+    linear, like :class:`sparselib.PruneReport`'s."""
 
     sparsity: float
     hidden_size: int  # D
@@ -213,15 +261,49 @@ class SliceReport:
     params_after: int
     seconds: float = 0.0
     spectra: dict[str, torch.Tensor] = field(default_factory=dict)
+    records: list[SliceRecord] = field(default_factory=list)
 
     def kept_energy(self, name: str) -> float:
         """Fraction of the signal's energy Σλ in its first ``dim`` directions."""
         eig = self.spectra[name].clamp_min(0)
         return float(eig[: self.dim].sum() / eig.sum())
 
+    def layer_sparsity(self) -> dict[int, float]:
+        """Per decoder layer: the fraction of its linears' weights that slicing deleted."""
+        sizes: dict[int, list] = {}
+        for r in self.records:
+            sizes.setdefault(r.layer, []).append((r.sparsity, r.shape_before[0] * r.shape_before[1]))
+        return {i: sum(s * n for s, n in v) / sum(n for _, n in v) for i, v in sizes.items()}
+
+    def to_dict(self) -> dict:
+        """JSON-ready: ``slicing`` {hidden_size, dim}, ``layers`` [{layer, sparsity}], ``linears``
+        [{layer, name, shape_before, shape, sparsity}] (the layout of the CLI's report.json), plus
+        the sparsity asked for, the parameter counts and the seconds."""
+        return {"method": "slicegpt", "sparsity": self.sparsity,
+                "slicing": {"hidden_size": self.hidden_size, "dim": self.dim},
+                "params_before": self.params_before, "params_after": self.params_after,
+                "seconds": self.seconds,
+                "layers": [{"layer": i, "sparsity": s} for i, s in self.layer_sparsity().items()],
+                "linears": [dict(r.__dict__) for r in self.records]}
+
     def __str__(self) -> str:
         return (f"SliceGPT {self.sparsity:.0%}: residual width {self.hidden_size} -> {self.dim}; "
                 f"parameters {self.params_before:,} -> {self.params_after:,}; {self.seconds:.1f} s")
+
+
+def _linear_shapes(model) -> dict[tuple[int, str], list[int]]:
+    """``{(layer, linear name): [out, in]}`` of the decoder-layer linears (inside SlicedLayer too)."""
+    shapes = {}
+    for i, layer in enumerate(decoder_layers(model)):
+        inner = layer.layer if isinstance(layer, SlicedLayer) else layer
+        shapes.update({(i, name): list(weight_of(m).shape) for name, m in layer_linears(inner).items()})
+    return shapes
+
+
+def _records(before: dict, after: dict) -> list[SliceRecord]:
+    return [SliceRecord(i, name, before[i, name], shape,
+                        1 - (shape[0] * shape[1]) / (before[i, name][0] * before[i, name][1]))
+            for (i, name), shape in after.items()]
 
 
 def kept_dim(D: int, sparsity: float) -> int:
@@ -239,8 +321,8 @@ def _validate(model, calib, sparsity, batch_size) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     config = model.config
-    if adapter_for(model).norms is None or (config.model_type == "opt" and not config.do_layer_norm_before):
-        supported = ", ".join(k for k in sorted(ADAPTERS) if ADAPTERS[k].norms and not k.startswith(SLICED_PREFIX))
+    if not adapter_for(model).sliceable(config):
+        supported = ", ".join(k for k in sorted(ADAPTERS) if ADAPTERS[k].norms)
         raise ValueError(f"SliceGPT supports pre-LN models of type {supported} (not post-LN OPT-350M); "
                          f"for {config.model_type!r}, add its layer parts to sparselib.models.ADAPTERS")
     if isinstance(decoder_layers(model)[0], SlicedLayer):
@@ -286,6 +368,7 @@ def slice_model(model, calib: torch.Tensor, sparsity: float = 0.25, batch_size: 
     model.eval()  # no dropout while the signals are measured
     adapter, D, dtype = adapter_for(model), model.config.hidden_size, model.get_output_embeddings().weight.dtype
     report = SliceReport(sparsity, D, d, sum(p.numel() for p in model.parameters()), 0)
+    shapes = _linear_shapes(model)
     start = time.perf_counter()
     fuse(model, center_embeddings)                                     # 1. fusion
     home = model.get_output_embeddings().weight.device
@@ -321,6 +404,7 @@ def slice_model(model, calib: torch.Tensor, sparsity: float = 0.25, batch_size: 
     rotate_inputs(model.get_output_embeddings(), Q[:, :d_out].to(home))  # the head reads the last basis
     report.seconds = time.perf_counter() - start
     report.params_after = sum(p.numel() for p in model.parameters())
+    report.records = _records(shapes, _linear_shapes(model))
     log.info("%s", report)
     return report
 
@@ -333,123 +417,12 @@ def matmul_weights(model) -> int:
     return total + sum(p.numel() for n, p in model.named_parameters() if n.endswith("_shortcut"))
 
 
-# --------------------------------------------------------------------------------------------
-# Save and load: a Hugging Face checkpoint of a registered "sliced" architecture
-# --------------------------------------------------------------------------------------------
-# A sliced Llama is a LlamaForCausalLM whose layers are wrapped (SlicedLayer) and whose weights have
-# smaller shapes. `import sparselib` registers, for each architecture SliceGPT supports, a config class
-# (model_type "sparselib_sliced_<type>", the base config plus `sliced_shapes`) and a model class that
-# builds the dense model, restructures it and gives each sliced parameter its saved shape. So
-# `AutoModelForCausalLM.from_pretrained(path)` loads a sliced checkpoint with no remote code.
-SLICED_PREFIX = "sparselib_sliced_"
+# The sliced checkpoint format lives in sparselib.sliced_checkpoint; its names stay reachable here.
+_CHECKPOINT = ("FORMAT", "SLICED_CLASSES", "load_sliced", "register_sliced", "save_sliced", "sliced_config",
+               "write_sliced")
 
 
-class _Sliced:
-    """Mixin for the registered sliced classes: the dense architecture, restructured, then every
-    parameter named in ``config.sliced_shapes`` given that shape (its values come from the checkpoint)."""
-
-    def __init__(self, config, *args, **kwargs):
-        super().__init__(config, *args, **kwargs)
-        restructure(self)
-        for name, shape in config.sliced_shapes.items():
-            path, _, attr = name.rpartition(".")
-            module = get_module(self, path)
-            like = getattr(module, attr, None)
-            like = like if like is not None else module.weight
-            _store(module, attr, torch.zeros(shape, dtype=like.dtype, device=like.device))
-
-
-def _register_sliced_types() -> dict[str, tuple]:
-    """``{base model_type: (SlicedConfig, SlicedForCausalLM)}``, registered with the Auto classes."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
-
-    classes = {}
-    for base in sorted(k for k, a in ADAPTERS.items() if a.norms):
-        base_config = CONFIG_MAPPING[base]
-        base_model = MODEL_FOR_CAUSAL_LM_MAPPING[base_config]
-        config_cls = type(f"Sliced{base_config.__name__}", (base_config,),
-                          {"model_type": SLICED_PREFIX + base, "__module__": __name__})
-        model_cls = type(f"Sliced{base_model.__name__}", (_Sliced, base_model),
-                         {"config_class": config_cls, "__module__": __name__})
-        AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
-        AutoModelForCausalLM.register(config_cls, model_cls, exist_ok=True)
-        classes[base] = (config_cls, model_cls)
-        globals().update({config_cls.__name__: config_cls, model_cls.__name__: model_cls})  # picklable by name
-    for base in classes:  # a loaded sliced model keeps its layers where the dense one did
-        ADAPTERS[SLICED_PREFIX + base] = ADAPTERS[base]
-    return classes
-
-
-SLICED_CLASSES = _register_sliced_types()
-
-
-def sliced_config(model):
-    """The config a sliced ``model`` is saved with: its own config as the registered sliced type, plus
-    ``sliced_shapes`` (every parameter whose shape differs from the restructured dense model's)."""
-    layers = decoder_layers(model)
-    if not isinstance(layers[0], SlicedLayer):
-        raise ValueError("this model is not sliced; save a dense model with model.save_pretrained(path)")
-    config_cls, model_cls = SLICED_CLASSES[model.config.model_type.removeprefix(SLICED_PREFIX)]
-    values = {k: v for k, v in model.config.to_dict().items() if k not in ("model_type", "sliced_shapes")}
-    with torch.device("meta"):  # the restructured dense model's shapes, without allocating weights
-        reference = dict(model_cls(config_cls(**values, sliced_shapes={})).named_parameters())
-    values["sliced_shapes"] = {name: list(p.shape) for name, p in model.named_parameters()
-                               if name not in reference or reference[name].shape != p.shape}
-    values["architectures"] = [model_cls.__name__]
-    return config_cls(**values)
-
-
-def write_sliced(model, directory) -> Path:
-    """Write a sliced ``model`` into the new directory ``directory`` as a Hugging Face checkpoint:
-    config.json (the registered sliced type), model.safetensors, generation_config.json and slicing.json
-    (a summary). Not atomic: :func:`save_sliced` and the CLI write into a temporary directory."""
-    from safetensors.torch import save_file
-
-    config, directory = sliced_config(model), Path(directory)
-    directory.mkdir(parents=True)
-    config.save_pretrained(directory)
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
-              directory / "model.safetensors", metadata={"format": "pt"})
-    if getattr(model, "generation_config", None) is not None:
-        model.generation_config.save_pretrained(directory)
-    layers = decoder_layers(model)
-    info = {"format": FORMAT, "model_type": config.model_type, "hidden_size": config.hidden_size,
-            "shortcuts": [[list(l.attn_shortcut.shape), list(l.mlp_shortcut.shape)] for l in layers]}
-    (directory / "slicing.json").write_text(json.dumps(info))
-    return directory
-
-
-def save_sliced(model, path, overwrite: bool = False) -> Path:
-    """Write a sliced model to the directory ``path`` (see :func:`write_sliced`): written in a temporary
-    directory, then moved into place with ``os.replace``. Read it back with :func:`load_sliced` or,
-    after ``import sparselib``, with ``AutoModelForCausalLM.from_pretrained(path)``."""
-    path = Path(path)
-    sliced_config(model)  # refuses a model that is not sliced, before anything is written
-    if path.exists() and not overwrite:
-        raise ValueError(f"{path} exists; pass overwrite=True or choose a new directory")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))  # scratch, removed below
-    try:
-        write_sliced(model, tmp / "new")
-        if path.exists():
-            os.replace(path, tmp / "old")
-        os.replace(tmp / "new", path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
-
-
-def load_sliced(path, device=None):
-    """Load a model written by :func:`save_sliced` (or by ``sparselib prune --method slicegpt``), in
-    eval mode. The same as ``AutoModelForCausalLM.from_pretrained(path)`` after ``import sparselib``."""
-    from transformers import AutoModelForCausalLM
-
-    path = Path(path)
-    info = json.loads((path / "slicing.json").read_text()) if (path / "slicing.json").exists() else {}
-    if info.get("format") != FORMAT:
-        older = " (an older sparselib's format: slice the model again)" if info else ""
-        raise ValueError(f"{path} holds no {FORMAT} slicing.json{older}; pass a directory written by save_sliced")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
-    return model.to(device or "cpu").eval()
+def __getattr__(name):
+    if name in _CHECKPOINT:
+        return getattr(importlib.import_module(".sliced_checkpoint", __package__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
