@@ -1,12 +1,12 @@
-// The sparsity visualizer's behaviour in the page. Every view (keep-mask, row errors, summary) is
-// computed in Python and embedded in the widget as JSON (script.sv-data); this script only switches
-// between them, so the widget works in a static HTML book. sparselib/course/viz.py inlines this file
-// into each widget and calls sparsityVisualizer(root) on the widget's root element.
-//
-// DOM hooks (shared with viz.py and the browser test): the root .sv-root carries data-mode,
-// data-step and data-sparsity; button.sv-mode[data-mode] picks a rule; input.sv-slider picks a step;
-// td.sv-cell[data-row][data-col][data-kept] is one weight; td.sv-err[data-row] holds a row's
-// .sv-bar and .sv-err-text; .sv-summary and .sv-sparsity-value are text.
+/* The sparsity visualizer's behaviour in the page. Every view (keep-mask, row errors, summary) is
+   computed in Python and embedded in the widget as JSON (script.sv-data); this script only switches
+   between them, so the widget works in a static HTML book. sparselib/course/viz.py inlines this file
+   into each widget and calls sparsityVisualizer(root) on the widget's root element.
+
+   DOM hooks (shared with viz.py and the browser test): the root .sv-root carries data-mode,
+   data-step and data-sparsity; button.sv-mode[data-mode] picks a rule; input.sv-slider picks a step;
+   td.sv-cell[data-row][data-col][data-kept] is one weight; td.sv-err[data-row] holds a row's
+   .sv-bar and .sv-err-text; .sv-summary and .sv-sparsity-value are text. */
 function sparsityVisualizer(root) {
   if (!root || root.dataset.ready) return;
   root.dataset.ready = "1";
@@ -15,7 +15,7 @@ function sparsityVisualizer(root) {
   var slider = root.querySelector("input.sv-slider");
   var label = root.querySelector(".sv-sparsity-value");
 
-  // Draw the view of the current mode (root's data-mode) at the slider's step.
+  /* Draw the view of the current mode (root's data-mode) at the slider's step. */
   function show() {
     var mode = root.getAttribute("data-mode"), step = +slider.value;
     var info = data.modes.filter(function (m) { return m.key === mode; })[0];
