@@ -208,3 +208,20 @@ def test_every_view_is_the_library_mask_and_wanda_minimises_the_row_error(rows, 
             best = torch.stack([min(S2[i, list(c)].sum() for c in combinations(range(cols), k))
                                 for i in range(rows)]).sqrt()
             assert torch.allclose(e_w, best, rtol=1e-4, atol=1e-6)
+
+
+def test_the_page_inlines_the_package_front_end_and_has_every_hook_its_script_uses():
+    from importlib import resources
+
+    static = resources.files("sparselib.course") / "static"
+    css, js = (static / "visualizer.css").read_text(), (static / "visualizer.js").read_text()
+    W, x_norm = sparselib.seed_example()
+    page = sparselib.visualizer_html(W, x_norm, element_id="hooks")
+    assert css in page and js in page and 'sparsityVisualizer(document.getElementById("hooks"))' in page
+    assert css in sparselib.visualizer_widget(W, x_norm).children[2].value
+    # every element the script looks up, by the selector it uses, exists in the markup Python wrote
+    selectors = set(re.findall(r'querySelector(?:All)?\("([^"]+)"\)', js))
+    assert {"td.sv-cell", "input.sv-slider", "script.sv-data", ".sv-summary"} <= selectors
+    for selector in selectors:
+        tag, _, cls = selector.rpartition(".")
+        assert re.search(rf'<{tag or "[a-z]+"}\b[^>]*class="[^"]*\b{re.escape(cls)}\b', page), selector
