@@ -23,5 +23,6 @@ from .ch06_sparse_tensor_cores import check_meta_byte, check_roofline
 from .ch07_visualizer import check_outlier_threshold, check_row_errors
 from .ch08_comparison import check_stored_size_24, check_within_budget
 from .ch09_prune_your_own import check_sliced_checkpoint, check_sweep_table
+from .ch10_beyond_50 import check_masked_merge, check_owl_sparsities
 
 __all__ = ["CHECKERS", "Feedback", "checker", *sorted(f.__name__ for f in CHECKERS.values())]
