@@ -268,12 +268,14 @@ async function main() {
         await testQuiz(page, base, `chapters/${rel}`);
       });
     }
-    const pages = ["index.html", ...chapters.map((f) => `chapters/${f}`)];
+    // index.html only redirects to the root page; every other page is a chapter or the references
+    const pages = [...fs.readdirSync(BOOK).filter((f) => f.endsWith(".html") && !["index.html", "genindex.html", "search.html"].includes(f)),
+                   ...chapters.map((f) => `chapters/${f}`)];
     let checkedNotebooks = 0;
     for (const rel of pages) {
       await check(`(d) ${rel}: formulas typeset offline, tables are HTML tables, no |---| text`, async () => {
-        const { math, tables } = await testRendering(page, base, rel);
         if (printedTables(path.basename(rel, ".html")) !== null) checkedNotebooks++;
+        const { math, tables } = await testRendering(page, base, rel);
         console.log(`  ${math} formulas, ${tables} printed tables`);
       });
     }
