@@ -203,3 +203,15 @@ def test_slicing_twice_is_refused(tiny_calib):
     with pytest.raises(ValueError, match="already sliced"):
         slice_model(model, tiny_calib, sparsity=0.25, progress=False)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("arch", MAKERS)
+def test_generation_with_the_cache_is_unchanged_by_rotation(arch, tiny_calib):
+    """The sliced layer answers its decoder as the original layer did (a tensor, or in older transformers
+    a tuple with the cache): greedy generation, which runs through the KV cache, gives the same tokens."""
+    model = _with_random_norms(MAKERS[arch]())
+    prompt = torch.randint(0, 128, (1, 5), generator=torch.Generator().manual_seed(5))
+    settings = dict(max_new_tokens=8, do_sample=False, use_cache=True, pad_token_id=0)
+    dense = model.generate(prompt, **settings)
+    slice_model(model, tiny_calib, sparsity=0, progress=False)
+    assert torch.equal(model.generate(prompt, **settings), dense)
