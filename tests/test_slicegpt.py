@@ -215,3 +215,24 @@ def test_generation_with_the_cache_is_unchanged_by_rotation(arch, tiny_calib):
     dense = model.generate(prompt, **settings)
     slice_model(model, tiny_calib, sparsity=0, progress=False)
     assert torch.equal(model.generate(prompt, **settings), dense)
+
+
+def test_the_report_records_every_linear_like_prune_reports():
+    model = tiny_opt()
+    report = slice_model(model, torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(2)), 0.25,
+                         progress=False)
+    d = report.to_dict()
+    assert d["slicing"] == {"hidden_size": 64, "dim": kept_dim(64, 0.25)}
+    assert json.loads(json.dumps(d)) == d  # JSON as it is
+    layer0 = model.model.decoder.layers[0].layer
+    assert [(r["layer"], r["name"]) for r in d["linears"]][:6] == [
+        (0, n) for n in ("self_attn.k_proj", "self_attn.v_proj", "self_attn.q_proj", "self_attn.out_proj", "fc1", "fc2")]
+    for r in d["linears"]:
+        (o, i), (o0, i0) = r["shape"], r["shape_before"]
+        assert r["sparsity"] == pytest.approx(1 - o * i / (o0 * i0))
+        if r["layer"] == 0:
+            assert list(sparselib.weight_of(layer0.get_submodule(r["name"])).shape) == [o, i]
+    assert d["linears"][0]["shape_before"] == [64, 64] and d["linears"][0]["shape"] == [64, kept_dim(64, 0.25)]
+    sizes = [r["shape_before"][0] * r["shape_before"][1] for r in d["linears"] if r["layer"] == 1]
+    deleted = [r["sparsity"] for r in d["linears"] if r["layer"] == 1]
+    assert d["layers"][1] == {"layer": 1, "sparsity": pytest.approx(sum(s * n for s, n in zip(deleted, sizes)) / sum(sizes))}
