@@ -26,9 +26,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .adapters import ADAPTERS, Adapter, adapter_for, decoder_layers, get_module, layer_linears, weight_of
+from .adapters import Adapter, adapter_for, decoder_layers, get_module, layer_linears, weight_of
 from .calibration import capture_inputs
-from .checks import check_seqlen, max_positions
+from .checks import check_batch_size, check_slicing, check_token_ids, max_positions
 
 log = logging.getLogger(__name__)
 
@@ -312,36 +312,14 @@ def kept_dim(D: int, sparsity: float) -> int:
 
 
 def _validate(model, calib, sparsity, batch_size) -> int:
-    """Every check before the first change; returns the kept width ``d``."""
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
-        raise TypeError(f"sparsity must be a number in [0, 1) such as 0.25, not {sparsity!r}")
-    if not 0 <= sparsity < 1:
-        raise ValueError(f"sparsity is the fraction of the hidden size to delete and must be in [0, 1); "
-                         f"got {sparsity}. Use e.g. sparsity=0.25")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    config = model.config
-    if not adapter_for(model).sliceable(config):
-        supported = ", ".join(k for k in sorted(ADAPTERS) if ADAPTERS[k].norms)
-        raise ValueError(f"SliceGPT supports pre-LN models of type {supported} (not post-LN OPT-350M); "
-                         f"for {config.model_type!r}, add its layer parts to sparselib.models.ADAPTERS")
+    """Every check before the first change (:mod:`sparselib.checks`); returns the kept width ``d``."""
+    sparsity = check_slicing(model.config, sparsity)  # the architecture, the embedding width, d >= 8
+    check_batch_size(batch_size)
     if isinstance(decoder_layers(model)[0], SlicedLayer):
         raise ValueError("this model is already sliced; slice the dense model once (reload it, "
                          "e.g. sparselib.load_model()), with the sparsity you want")
-    if getattr(config, "word_embed_proj_dim", config.hidden_size) != config.hidden_size:
-        raise ValueError("SliceGPT needs word_embed_proj_dim == hidden_size (no project_in/out)")
-    D, d = config.hidden_size, kept_dim(config.hidden_size, sparsity)
-    if d == 0:
-        raise ValueError(f"sparsity={sparsity} keeps {int((1 - sparsity) * D)} of {D} dimensions, which "
-                         f"rounds down to 0 (multiples of 8); use sparsity <= {1 - 8 / D:.3f}")
-    if not isinstance(calib, torch.Tensor) or calib.dtype != torch.long or calib.dim() != 2 or calib.numel() == 0:
-        raise TypeError("calib must be a non-empty LongTensor [nsamples, seqlen] of token ids, "
-                        "e.g. sparselib.calibration_data(tokenizer)")
-    check_seqlen(calib.shape[1], max_positions(model.config))
-    if int(calib.max()) >= config.vocab_size or int(calib.min()) < 0:
-        raise ValueError(f"calib holds token ids outside [0, {config.vocab_size}); "
-                         f"tokenize with this model's tokenizer")
-    return d
+    check_token_ids(calib, model.config.vocab_size, max_positions(model.config))
+    return kept_dim(model.config.hidden_size, sparsity)
 
 
 @torch.no_grad()
