@@ -218,6 +218,37 @@ def _pad_tokens(X: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(X, (0, 0, 0, pad)) if pad else X
 
 
+_CSLT_LINEAR = None
+
+
+def _cslt_linear():
+    """``Y [tokens, out] = X Wᵀ + b`` with cuSPARSELt, as a custom op: torch.compile then sees the right
+    output shape (the meta function of ``torch._cslt_sparse_mm`` reads ``out`` from the packed buffer's
+    first dimension, which the packed 1-D buffer does not have). Registered on first use."""
+    global _CSLT_LINEAR
+    if _CSLT_LINEAR is not None:
+        return _CSLT_LINEAR
+
+    @torch.library.custom_op("sparselib::cslt_linear", mutates_args=())
+    def cslt_linear(X: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int,
+                    fused_transpose: bool, alg_id: int) -> torch.Tensor:
+        tokens = X.shape[0]
+        limits = torch.sparse.SparseSemiStructuredTensorCUSPARSELT._DTYPE_SHAPE_CONSTRAINTS[X.dtype]
+        Xp = _pad_tokens(X, limits.dense_min_rows)
+        if fused_transpose:   # cuSPARSELt writes [tokens(+pad), out] itself
+            Y = torch._cslt_sparse_mm(packed, Xp.t(), bias=bias, transpose_result=True, alg_id=alg_id)
+            return Y[:tokens].contiguous()
+        Y = torch._cslt_sparse_mm(packed, Xp.t(), bias=bias, alg_id=alg_id)   # [out, tokens(+pad)]
+        return Y[:, :tokens].t().contiguous()
+
+    @cslt_linear.register_fake
+    def _(X, packed, bias, out_features, fused_transpose, alg_id):
+        return X.new_empty(X.shape[0], out_features)
+
+    _CSLT_LINEAR = cslt_linear
+    return cslt_linear
+
+
 class CuSparseLtKernel24(Kernel24):
     """NVIDIA cuSPARSELt through ``torch._cslt_sparse_mm`` (sm_90 and later; also sm_8x).
 
@@ -240,15 +271,8 @@ class CuSparseLtKernel24(Kernel24):
         return {"packed": torch._cslt_compress(W.contiguous())}
 
     def mm(self, layer, X):
-        tokens = X.shape[0]
-        limits = torch.sparse.SparseSemiStructuredTensorCUSPARSELT._DTYPE_SHAPE_CONSTRAINTS[X.dtype]
-        Xp = _pad_tokens(X, limits.dense_min_rows)
-        if self.fused_transpose:
-            Y = torch._cslt_sparse_mm(layer.packed, Xp.t(), bias=layer.bias, transpose_result=True,
-                                      alg_id=self.alg_id)                       # [tokens(+pad), out]
-            return Y[:tokens]
-        Y = torch._cslt_sparse_mm(layer.packed, Xp.t(), bias=layer.bias, alg_id=self.alg_id)  # [out, tokens]
-        return Y[:, :tokens].t().contiguous()
+        return _cslt_linear()(X, layer.packed, layer.bias, layer.out_features, self.fused_transpose,
+                              self.alg_id)
 
     def __repr__(self):
         return f"CuSparseLtKernel24(fused_transpose={self.fused_transpose}, alg_id={self.alg_id})"
