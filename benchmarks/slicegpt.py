@@ -18,12 +18,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import statistics
-import time
 
 import torch
 
 import sparselib
+from sparselib.eval import forward_times
 from sparselib.slicegpt import matmul_weights
 
 RESULT = "slicegpt_smollm2"  # sparselib/results/slicegpt_smollm2.json
@@ -31,26 +30,8 @@ LEVELS = (0.1, 0.2, 0.25, 0.3)
 SPEED_LEVEL = 0.25
 
 
-def forward_times(models: dict, ids: torch.Tensor, repeats: int, threads: int) -> dict[str, dict[str, float]]:
-    """Median wall and CPU time (ms) of one forward pass over ``ids`` per model, measured alternately
-    with ``threads`` intra-op threads."""
-    wall, cpu = {name: [] for name in models}, {name: [] for name in models}
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            for model in models.values():  # warm-up
-                model(input_ids=ids, use_cache=False)
-            for _ in range(repeats):
-                for name, model in models.items():
-                    w, c = time.perf_counter(), time.process_time()
-                    model(input_ids=ids, use_cache=False)
-                    wall[name].append(1000 * (time.perf_counter() - w))
-                    cpu[name].append(1000 * (time.process_time() - c))
-    finally:
-        torch.set_num_threads(before)
-    return {"wall_ms": {n: round(statistics.median(v), 1) for n, v in wall.items()},
-            "cpu_ms": {n: round(statistics.median(v), 1) for n, v in cpu.items()}}
+def _rounded(times: dict) -> dict:
+    return {kind: {name: round(ms, 1) for name, ms in by_model.items()} for kind, by_model in times.items()}
 
 
 def measure_speed(dense, calib, ids, repeats: int, threads: list[int]) -> tuple[dict, dict]:
@@ -71,7 +52,7 @@ def measure_speed(dense, calib, ids, repeats: int, threads: list[int]) -> tuple[
              "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "runs": []}
     for n in threads:
         load = os.getloadavg()[0]
-        run = {"threads": n, "load_average": round(load, 2), **forward_times(models, ids, repeats, n)}
+        run = {"threads": n, "load_average": round(load, 2), **_rounded(forward_times(models, ids, repeats, n))}
         for kind in ("wall", "cpu"):
             run[f"speedup_{kind}"] = {m: round(run[f"{kind}_ms"]["dense"] / run[f"{kind}_ms"][m], 3) for m in reports}
         speed["runs"].append(run)

@@ -13,8 +13,8 @@ import importlib
 
 from .calibration import LinearStats, capture_inputs, layerwise, module_inputs
 from .data import calibration_data, load_text, test_data
-from .eval import EVAL_SEQLEN, EVAL_TOKENS, perplexity
-from .format24 import Compressed24, compress_24, decompress_24, storage_bytes
+from .eval import EVAL_SEQLEN, EVAL_TOKENS, forward_times, perplexity
+from .format24 import Compressed24, compress_24, decompress_24, nm_storage_bytes, storage_bytes
 from .masks import (Pattern, is_nm, mask_for, nm_mask, nm_violations, parse_sparsity, sparsity,
                     structured_mask, unstructured_mask)
 from .models import (ADAPTERS, OFFLINE_MODEL, adapter_for, decoder_layers, layer_linears, load_model,
@@ -22,7 +22,7 @@ from .models import (ADAPTERS, OFFLINE_MODEL, adapter_for, decoder_layers, layer
 from .owl import layer_outlier_ratios, owl_layer_sparsity, owl_sparsities
 from .prune import METHODS, PruneReport, model_sparsity, prune
 from .recovery import RecoveryReport, merge_lora, recover
-from .scores import input_norms, magnitude_scores, wanda_scores
+from .scores import input_norms, magnitude_scores, relative_error, wanda_scores
 from .semistructured import (FastPathUnavailable, SparseKernelsUnavailable, SparseLinear24,
                              benchmark_linear, can_use_sparse_kernels, fast_inference, to_semi_structured)
 from .slicegpt import SliceReport, slice_model

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .models import adapter_for, decoder_layers, get_module, layer_linears
+from .models import adapter_for, decoder_layers, get_module, layer_linears, model_device
 
 
 class LinearStats:
@@ -144,10 +144,10 @@ def layerwise(model: nn.Module, calib: torch.Tensor, hessian: bool = False, batc
     the *pruned* layer is run to produce that layer's inputs. With ``only`` (a set of indices), the
     other layers are run once to feed the next one and yielded with empty ``stats``.
     """
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = torch.device(device) if device is not None else model_device(model)
     batches = [(h.to(device), _to(kw, device)) for h, kw in capture_inputs(model, calib, batch_size, device)]
     for index, layer in enumerate(decoder_layers(model)):
-        home = next(layer.parameters()).device
+        home = model_device(layer)
         layer.to(device)
         linears = layer_linears(layer)
         if only is not None and index not in only:  # left as it is: one pass feeds the next layer
@@ -194,7 +194,7 @@ def module_inputs(model: nn.Module, module: nn.Module, ids: torch.Tensor) -> tor
     seen = []
     handle = module.register_forward_hook(lambda m, i, o: seen.append(i[0].reshape(-1, i[0].shape[-1])))
     try:
-        model(input_ids=ids.to(next(model.parameters()).device), use_cache=False)
+        model(input_ids=ids.to(model_device(model)), use_cache=False)
     finally:
         handle.remove()
     if not seen:

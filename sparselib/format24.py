@@ -9,6 +9,7 @@ Sparse Tensor Cores store the same number of bits in an interleaved layout; this
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -39,25 +40,36 @@ def _check_dtype(dtype) -> None:
         raise ValueError(f"the 2:4 format supports {names}; got {dtype}. Convert first, e.g. W.half()")
 
 
-def storage_bytes(rows: int, cols: int, dtype: torch.dtype) -> dict:
-    """Bytes of a ``[rows, cols]`` matrix stored dense and stored 2:4-compressed.
+def nm_storage_bytes(rows: int, cols: int, dtype: torch.dtype, n: int = 2, m: int = 4) -> dict:
+    """Bytes of a ``[rows, cols]`` matrix stored dense and stored N:M-compressed (``n`` of every ``m``
+    pruned, as in ``"2:4"``).
 
-    Each group of 4 keeps 2 values (``2·size`` bytes) and 2 positions of 2 bits (half a byte).
-    A row with an odd number of groups pads its last metadata byte, exactly as :func:`compress_24` does.
+    Each group of ``m`` keeps ``m - n`` values (``size`` bytes each) and, for each kept value, its
+    position in the group: ``ceil(log2 m)`` bits. For 2:4 that is 2 bits per kept value, the count
+    cuSPARSELt and CUTLASS store (4 bits a group). A row's metadata is padded to whole bytes, exactly as
+    :func:`compress_24` pads it.
     """
     for name, value in (("rows", rows), ("cols", cols)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if cols % 4:
-        raise ValueError(f"2:4 storage needs cols to be a multiple of 4, got {cols}")
+    if not (isinstance(n, int) and isinstance(m, int) and 0 < n < m):
+        raise ValueError(f"need 0 < n < m ({n} pruned of every {m}), e.g. n=2, m=4")
+    if cols % m:
+        raise ValueError(f"{n}:{m} storage needs cols to be a multiple of {m}, got {cols}")
     _check_dtype(dtype)
-    size = DTYPE_BYTES[dtype]
+    size, kept = DTYPE_BYTES[dtype], cols // m * (m - n)    # kept values per row
     dense = rows * cols * size
-    values = rows * (cols // 2) * size
-    metadata = rows * -(-cols // 8)  # cols/2 kept values × 2 bits = cols bits per row, whole bytes
+    values = rows * kept * size
+    metadata = rows * -(-kept * math.ceil(math.log2(m)) // 8)  # position bits per row, whole bytes
     total = values + metadata
     return {"dense": dense, "values": values, "metadata": metadata, "total": total,
             "saving": 1 - total / dense}
+
+
+def storage_bytes(rows: int, cols: int, dtype: torch.dtype) -> dict:
+    """:func:`nm_storage_bytes` for 2:4: each group of 4 keeps 2 values (``2·size`` bytes) and 2
+    positions of 2 bits (half a byte)."""
+    return nm_storage_bytes(rows, cols, dtype, 2, 4)
 
 
 def compress_24(W: torch.Tensor) -> Compressed24:

@@ -38,3 +38,16 @@ def wanda_scores(W: torch.Tensor, x_norm: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"x_norm must have one entry per input channel ({W.shape[1]}), "
                          f"got shape {tuple(x_norm.shape)}")
     return W.abs() * x_norm.to(W.device, W.dtype).unsqueeze(0)
+
+
+def relative_error(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor) -> float:
+    """The layer's relative reconstruction error ``‖(W − Ŵ)X‖² / ‖WX‖²`` on its calibration inputs,
+    from ``H = 2XᵀX`` (the factor 2 cancels): ``tr(D H Dᵀ) / tr(W H Wᵀ)`` with ``D = W − Ŵ``, in
+    float64. It is what SparseGPT minimises layer by layer; 0 = the pruned layer's outputs are exact."""
+    check_matrix(W)
+    check_matrix(W_hat, "W_hat")
+    if W_hat.shape != W.shape or not isinstance(H, torch.Tensor) or H.shape != (W.shape[1], W.shape[1]):
+        raise ValueError(f"need W_hat shaped like W {tuple(W.shape)} and H [in, in] = [{W.shape[1]}, {W.shape[1]}]")
+    H = H.double().to(W.device)
+    D, W = (W - W_hat).double(), W.double()
+    return float(torch.einsum("ij,jk,ik->", D, H, D) / torch.einsum("ij,jk,ik->", W, H, W))

@@ -270,14 +270,14 @@ BAD = {
     "sparsity not a number": (["--model", "{llama}", "--method", "wanda", "--sparsity", "half"], "like 0.5"),
     "slicegpt with 2:4": (["--model", "{llama}", "--method", "slicegpt", "--sparsity", "2:4"], "--sparsity 0.25"),
     "slicegpt deleting everything": (["--model", "{llama}", "--method", "slicegpt", "--sparsity", "0.95"],
-                                     "use sparsity <="),
+                                     "use --sparsity <="),
     "unknown calibration set": (["--model", "{llama}", *WANDA, "--calib", "c4"], "wikitext2"),
     "unknown dtype": (["--model", "{llama}", *WANDA, "--dtype", "bogus"], "bfloat16"),
     "unknown device": (["--model", "{llama}", *WANDA, "--device", "tpu"], "use cpu or cuda"),
     "nsamples 0": (["--model", "{llama}", *WANDA, "--nsamples", "0"], "--nsamples must be at least 1"),
     "nsamples not an int": (["--model", "{llama}", *WANDA, "--nsamples", "many"], "invalid int value"),
     "seqlen 1": (["--model", "{llama}", *WANDA, "--seqlen", "1"], "--seqlen must be at least 2"),
-    "seqlen above the model's maximum": (["--model", "{llama}", *WANDA, "--seqlen", "128"], "use seqlen <= 64"),
+    "seqlen above the model's maximum": (["--model", "{llama}", *WANDA, "--seqlen", "128"], "use --seqlen <= 64"),
     "eval shorter than a window": (["--model", "{llama}", *WANDA, "--eval", "--eval-tokens", "100"],
                                    "use --eval-tokens >= 256"),
     "model path missing": (["--model", "/nonexistent/model", *WANDA], "no such file or directory"),
@@ -333,7 +333,7 @@ def test_there_are_at_least_15_bad_inputs():
 
 def test_eval_bad_input(tiny, capsys):
     for argv, fix in ((["--model", tiny["bert"]], "not a causal language model"),
-                      (["--model", tiny["llama"], "--seqlen", "128"], "use seqlen <= 64"),
+                      (["--model", tiny["llama"], "--seqlen", "128"], "use --seqlen <= 64"),
                       (["--model", tiny["llama"], "--tokens", "10"], "--tokens >= 256")):
         code, _, err = run(["eval", *argv], capsys)
         assert code == 2 and len(err.strip().splitlines()) == 1 and fix in err, err

@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparselib import Compressed24, compress_24, decompress_24, nm_mask, storage_bytes
+from sparselib.format24 import nm_storage_bytes
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.int8]
 
@@ -103,3 +104,24 @@ def test_errors():
     with pytest.raises(ValueError, match="positive int"):
         storage_bytes(0, 8, torch.float16)
     assert isinstance(compress_24(torch.zeros(1, 4)), Compressed24)
+
+
+@pytest.mark.parametrize("n, m, bits", [(2, 4, 2), (4, 8, 3), (1, 4, 2), (8, 16, 4), (1, 2, 1)])
+def test_nm_storage_counts_each_kept_value_and_its_position(n, m, bits):
+    rows, cols = 3, 4 * m
+    s = nm_storage_bytes(rows, cols, torch.float16, n, m)
+    kept = cols // m * (m - n)  # per row
+    assert s["values"] == rows * kept * 2
+    assert s["metadata"] == rows * -(-kept * bits // 8)  # ceil(log2 m) bits per kept value, whole bytes a row
+    assert s["dense"] == rows * cols * 2 and s["total"] == s["values"] + s["metadata"]
+    if (n, m) == (2, 4):
+        assert s == storage_bytes(rows, cols, torch.float16)
+    with pytest.raises(ValueError, match=f"multiple of {m}"):
+        nm_storage_bytes(rows, cols + 1, torch.float16, n, m)
+
+
+def test_nm_storage_of_a_large_matrix_approaches_the_per_group_fraction():
+    # 4:8 in fp16: each group of 8 (16 bytes) keeps 4 values (8 bytes) and 4 positions of 3 bits
+    assert nm_storage_bytes(576, 1536, torch.float16, 4, 8)["saving"] == 1 - (8 + 4 * 3 / 8) / 16
+    with pytest.raises(ValueError, match="0 < n < m"):
+        nm_storage_bytes(4, 8, torch.float16, 4, 4)

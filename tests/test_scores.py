@@ -1,10 +1,10 @@
-"""Wanda's score is its definition, |W_ij| * ||X_j||_2, and its ranking matches the reference's."""
+"""Wanda's score is its definition, |W_ij| * ||X_j||_2, and its ranking matches the reference's; the
+relative reconstruction error is ‖(W − Ŵ)X‖² / ‖WX‖² computed from H."""
 import pytest
 import torch
 
-from sparselib.calibration import LinearStats
 from sparselib.masks import unstructured_mask
-from sparselib.scores import input_norms, magnitude_scores, wanda_scores
+from sparselib.scores import input_norms, magnitude_scores, relative_error, wanda_scores
 
 
 def test_wanda_equals_definition():
@@ -14,33 +14,6 @@ def test_wanda_equals_definition():
     for i in range(5):
         for j in range(7):
             assert torch.isclose(S[i, j], W[i, j].abs() * torch.sqrt((X[:, j] ** 2).sum()), rtol=1e-5)
-
-
-def test_running_statistics_equal_one_shot_norms():
-    g = torch.Generator().manual_seed(1)
-    X = torch.randn(4, 9, 6, generator=g)  # 4 samples of 9 tokens
-    stats = LinearStats(6, "cpu", hessian=True)
-    stats.add(X[:3], 3)
-    stats.add(X[3:], 1)
-    flat = X.reshape(-1, 6)
-    assert torch.allclose(stats.norms, input_norms(flat), rtol=1e-5)
-    assert torch.allclose(stats.H, 2 * flat.t() @ flat / 4, rtol=1e-4, atol=1e-5)  # mean over samples
-
-
-def test_hessian_from_upper_blocks_equals_the_full_product():
-    # wide enough for several column blocks; H read between batches (mirrors, then keeps adding)
-    g = torch.Generator().manual_seed(3)
-    X = torch.randn(5, 40, 600, generator=g) * torch.linspace(0.5, 3, 600)
-    stats = LinearStats(600, "cpu", hessian=True)
-    assert len(stats._edges) > 2
-    for i in range(5):
-        stats.add(X[i:i + 1], 1)
-        flat = X[:i + 1].reshape(-1, 600)
-        expected = 2 * flat.t() @ flat / (i + 1)
-        assert torch.allclose(stats.H, expected, rtol=1e-4, atol=1e-3)
-        e = stats._edges[1]  # blocks below the diagonal are exact copies of those above
-        assert torch.equal(stats.H[e:, :e], stats.H[:e, e:].t())
-    assert torch.allclose(stats.norms, input_norms(X.reshape(-1, 600)), rtol=1e-5)
 
 
 def test_reference_mean_scaling_gives_the_same_mask():
@@ -65,3 +38,17 @@ def test_bad_inputs():
         wanda_scores(torch.ones(2, 3), torch.ones(4))
     with pytest.raises(ValueError):
         input_norms(torch.empty(0, 3))
+
+
+def test_relative_error_is_the_output_error_on_the_calibration_inputs():
+    g = torch.Generator().manual_seed(4)
+    W, X = torch.randn(6, 16, generator=g), torch.randn(50, 16, generator=g)
+    W_hat = W * unstructured_mask(wanda_scores(W, input_norms(X)), 0.5)
+    H = 2 * X.double().t() @ X.double()
+    direct = ((X.double() @ (W - W_hat).double().t()).pow(2).sum() / (X.double() @ W.double().t()).pow(2).sum()).item()
+    assert relative_error(W, W_hat, H) == pytest.approx(direct, rel=1e-9)
+    assert relative_error(W, W, H) == 0.0
+    assert relative_error(W, torch.zeros_like(W), H) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="H \\[in, in\\]"):
+        relative_error(W, W_hat, H[:4])
+
