@@ -21,12 +21,12 @@ import torch
 
 import sparselib
 from sparselib.calibration import _add_gram_upper, _gram_edges, capture_inputs, run_layer
-from sparselib.models import decoder_layers
+from sparselib.models import decoder_layers, model_device
 
 
 @torch.no_grad()
 def two_pass_bound(model, calib, batch_size=8):
-    device = next(model.parameters()).device
+    device = model_device(model)
     batches = capture_inputs(model, calib, batch_size, device)
     start = time.perf_counter()
     for layer in decoder_layers(model):

@@ -290,5 +290,5 @@ def check_hub_id(repo_id: str, fix: str) -> None:
         raise ValueError(f"model {repo_id!r} is neither a local directory nor a Hugging Face id; {fix}") from None
     if isinstance(cached, str) or hub_reachable():
         return
-    raise ValueError(f"model {repo_id!r} is not a local directory nor in the local Hugging Face cache, and the "
+    raise ValueError(f"model {repo_id!r} is neither a local directory nor in the local Hugging Face cache, and the "
                      f"Hub cannot be reached (offline); {fix}")

@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+
+from ..io import write_atomically
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 
@@ -52,16 +53,9 @@ def provenance(script: str, **protocol) -> dict:
 
 
 def save_result(name: str, data: dict, directory: Path | None = None) -> Path:
-    """Write ``data`` to ``<directory>/<name>.json`` atomically (temp file, then rename)."""
-    directory = Path(directory or RESULTS_DIR)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{name}.json"
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
+    """Write ``data`` to ``<directory>/<name>.json`` atomically (:func:`sparselib.io.write_atomically`)."""
+    path = Path(directory or RESULTS_DIR) / f"{name}.json"
+    return write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"), overwrite=True)
 
 
 def load_result(name: str) -> dict:
