@@ -102,8 +102,12 @@ def main():
     print(f" slicegpt 0.25: {seconds:6.1f} s", flush=True)
     if args.record:
         print("wrote", sparselib.save_result("prune_time_smollm2", result))
-    model, tok = sparselib.load_model()
+    lazy_batches(calib)
 
+
+def lazy_batches(calib) -> None:
+    """SparseGPT on one layer with a lazy update every 4 columns vs lazy batches of 128."""
+    model, _ = sparselib.load_model()
     layer = decoder_layers(model)[10].mlp.down_proj
     X = sparselib.module_inputs(model, layer, calib[:16])
     H = 2 * X.t() @ X / 16
@@ -117,7 +121,6 @@ def main():
     print(f"layer 10 down_proj {tuple(W.shape)}, 2:4: lazy update every 4 columns {timings[4][0]:.2f} s, lazy batches "
           f"of 128 {timings[128][0]:.2f} s -> {timings[4][0] / timings[128][0]:.1f}x faster; mask entries that differ "
           f"(float32 near-ties): {flips} of {W.numel()}")
-
 
 if __name__ == "__main__":
     main()

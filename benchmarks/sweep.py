@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 import torch
 
 import sparselib
+from sparselib.course.results import resume_result
 
 NAME = "sweep_smollm2_brown"
 FRACTIONS = [0.1, 0.3, 0.5, 0.6, 0.7]
@@ -63,12 +64,7 @@ def main():
                                        PROTOCOL["seed"])
     test = sparselib.test_data(tok, max_tokens=PROTOCOL["eval_tokens"])
     dense_state = {k: v.clone() for k, v in model.state_dict().items()}
-    try:
-        result = sparselib.load_result(NAME)
-        if result["provenance"]["protocol"] != PROTOCOL:
-            raise ValueError("protocol changed")
-    except ValueError:
-        result = {"points": {}}
+    result = resume_result(NAME, PROTOCOL)
     # provenance of this run; each point also keeps its own date and load average (the sweep resumes)
     result["provenance"] = sparselib.provenance("benchmarks/sweep.py", **PROTOCOL)
     if "dense" not in result:

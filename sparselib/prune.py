@@ -152,16 +152,10 @@ def prune(model: nn.Module, method: str, sparsity, calib: torch.Tensor | None = 
     """
     pattern = parse_sparsity(sparsity)
     _validate(model, method, pattern, calib, options)
+    selected = _selected(layers, len(decoder_layers(model)))
     per_layer = None if layer_sparsity is None else resolve_layer_sparsity(
         model, method, pattern, calib, layer_sparsity, layers, batch_size=batch_size, device=device)
     spec = METHODS[method]
-    count = len(decoder_layers(model))
-    if layers is None:
-        selected = set(range(count))
-    else:
-        selected = set(layers)
-        if not selected or not all(isinstance(i, int) and 0 <= i < count for i in selected):
-            raise ValueError(f"layers must be indices in 0..{count - 1}, got {sorted(layers, key=str)}")
     report = PruneReport(method, str(pattern), dict(options), layer_targets=per_layer)
     start = time.perf_counter()
     layers = decoder_layers(model)
@@ -176,22 +170,38 @@ def prune(model: nn.Module, method: str, sparsity, calib: torch.Tensor | None = 
             continue
         layer_pattern = pattern if per_layer is None else parse_sparsity(per_layer[index])
         for names in _groups(linears, stats, spec.shared):
-            t = time.perf_counter()
-            Ws = [weight_of(linears[name]) for name in names]
-            if device is not None:
-                Ws = [W.to(device) for W in Ws]
-            if spec.shared:
-                new = spec.fn(Ws, stats[names[0]], layer_pattern, **options)
-            else:
-                new = [spec.fn(Ws[0], stats.get(names[0]), layer_pattern, **options)]
-            seconds = (time.perf_counter() - t) / sum(W.numel() for W in Ws)  # shared time, by size
-            for name, W, W_new in zip(names, Ws, new):
-                set_weight(linears[name], W_new, adopt=True)  # every method returns a fresh tensor
-                s = (weight_of(linears[name]) == 0).sum().item() / W.numel()
-                report.records.append(LinearRecord(index, name, tuple(W.shape), s, seconds * W.numel()))
+            report.records += _prune_group(spec, index, {n: linears[n] for n in names}, stats.get(names[0]),
+                                           layer_pattern, device, options)
     report.seconds = time.perf_counter() - start
     log.info("%s %s: %.2f%% zeros in %.1f s", method, pattern, 100 * report.sparsity, report.seconds)
     return report
+
+
+def _selected(layers, count: int) -> set[int]:
+    """The indices of the decoder layers to prune (all when ``layers`` is None), checked."""
+    if layers is None:
+        return set(range(count))
+    selected = set(layers)
+    if not selected or not all(isinstance(i, int) and 0 <= i < count for i in selected):
+        raise ValueError(f"layers must be indices in 0..{count - 1}, got {sorted(layers, key=str)}")
+    return selected
+
+
+def _prune_group(spec: Method, index: int, linears: dict, stats, pattern: Pattern, device, options: dict):
+    """Prune the linears of one group (one linear, or all that share ``stats`` for a shared method)
+    and write their new weights back; one :class:`LinearRecord` each."""
+    t = time.perf_counter()
+    Ws = [weight_of(module) for module in linears.values()]
+    if device is not None:
+        Ws = [W.to(device) for W in Ws]
+    new = spec.fn(Ws, stats, pattern, **options) if spec.shared else [spec.fn(Ws[0], stats, pattern, **options)]
+    seconds = (time.perf_counter() - t) / sum(W.numel() for W in Ws)  # shared time, by size
+    records = []
+    for (name, module), W, W_new in zip(linears.items(), Ws, new):
+        set_weight(module, W_new, adopt=True)  # every method returns a fresh tensor
+        zeros = (weight_of(module) == 0).sum().item() / W.numel()
+        records.append(LinearRecord(index, name, tuple(W.shape), zeros, seconds * W.numel()))
+    return records
 
 
 def _groups(linears: dict, stats: dict, shared: bool) -> list[list[str]]:

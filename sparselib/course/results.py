@@ -58,6 +58,16 @@ def save_result(name: str, data: dict, directory: Path | None = None) -> Path:
     return write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"), overwrite=True)
 
 
+def resume_result(name: str, protocol: dict) -> dict:
+    """The recorded result ``name`` to resume, if it was measured under ``protocol``; else a fresh
+    ``{"points": {}}`` (a sweep whose protocol changed starts again)."""
+    try:
+        result = load_result(name)
+    except ValueError:  # none recorded yet
+        return {"points": {}}
+    return result if result.get("provenance", {}).get("protocol") == protocol else {"points": {}}
+
+
 def load_result(name: str) -> dict:
     """A recorded result by name (file stem in ``sparselib/results/``)."""
     path = RESULTS_DIR / f"{name}.json"
