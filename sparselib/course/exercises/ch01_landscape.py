@@ -5,15 +5,13 @@ import math
 
 import torch
 
-from ...format24 import storage_bytes
+from ...format24 import nm_storage_bytes
 from ._answers import call, close, need_function, number
 from .registry import checker
 
 
-def _nm_saving(n: int, m: int, nbytes: float) -> float:
-    """Fraction of memory an N:M format saves: each of the m - n kept values stores its position."""
-    kept = m - n
-    return 1 - (kept * nbytes + kept * math.ceil(math.log2(m)) / 8) / (m * nbytes)
+#: A dtype of each size, for the byte counts of the N:M format
+_DTYPE_OF_SIZE = {1: torch.int8, 2: torch.float16, 4: torch.float32}
 
 
 def _named_slip(got: float, want: float, n: int, m: int, b: int) -> str | None:
@@ -34,10 +32,9 @@ def _named_slip(got: float, want: float, n: int, m: int, b: int) -> str | None:
 def check_nm_saving(fb, fn):
     """Your ``fn(n, m, bytes_per_value)`` -> fraction of memory saved."""
     need_function(fn, "check_nm_saving(nm_saving)")
-    # the 2:4 cases come from format24's own byte count, the rest from the general rule
-    cases = {(2, 4, 2): storage_bytes(64, 64, torch.float16)["saving"],
-             (2, 4, 1): storage_bytes(64, 64, torch.int8)["saving"],
-             (4, 8, 2): _nm_saving(4, 8, 2), (1, 4, 2): _nm_saving(1, 4, 2), (8, 16, 4): _nm_saving(8, 16, 4)}
+    # the format's own byte count (64 columns: every row's position bits fill whole bytes)
+    cases = {(n, m, b): nm_storage_bytes(64, 64, _DTYPE_OF_SIZE[b], n, m)["saving"]
+             for n, m, b in ((2, 4, 2), (2, 4, 1), (4, 8, 2), (1, 4, 2), (8, 16, 4))}
     for (n, m, b), want in cases.items():
         got = call(fb, fn, n, m, b)
         if got is None:

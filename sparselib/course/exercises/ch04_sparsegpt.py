@@ -1,18 +1,11 @@
 """Chapter 4, SparseGPT: how damping moves the reconstruction error, and what the block size changes."""
 from __future__ import annotations
 
-import torch
-
 from ...checks import check_matrix
+from ...scores import relative_error
 from ...sparsegpt import sparsegpt_prune
 from ._answers import number
 from .registry import checker
-
-
-def _relative_error(W, W_hat, H) -> float:
-    """‖(W − Ŵ)X‖² / ‖WX‖² written with ``H = 2XᵀX``: tr(D H Dᵀ) / tr(W H Wᵀ), in float64."""
-    D, W = (W - W_hat).double(), W.double()
-    return float(torch.einsum("ij,jk,ik->", D, H.double(), D) / torch.einsum("ij,jk,ik->", W, H.double(), W))
 
 
 @checker("ex-sgpt-damping")
@@ -27,7 +20,7 @@ def check_damping_errors(fb, W, H, errors: dict):
         p, got = number(p, "a percdamp"), number(got, f"errors[{p}]")
         if p <= 0:
             raise ValueError("percdamp values must be positive")
-        want[p] = _relative_error(W, sparsegpt_prune(W, H.float(), sparsity=0.5, percdamp=p)[0], H)
+        want[p] = relative_error(W, sparsegpt_prune(W, H.float(), sparsity=0.5, percdamp=p)[0], H)
         if abs(got - want[p]) > 0.01 * want[p]:
             hint = " (absolute, not relative? divide by the dense WHWᵀ)" if got > 10 * want[p] else ""
             fb.fail(f"percdamp {p}: you have {got:.4g}, recomputed {want[p]:.4g}{hint}")
