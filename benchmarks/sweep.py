@@ -14,8 +14,6 @@ import os
 import time
 from datetime import datetime, timezone
 
-import torch
-
 import sparselib
 from sparselib.course.results import resume_result
 

@@ -182,7 +182,8 @@ def check_token_ids(ids, vocab_size: int | None = None, limit: int | None = None
     check_seqlen(ids.shape[1], limit, f"{name} seqlen")
     low, high = int(ids.min()), int(ids.max())
     if low < 0 or (vocab_size is not None and high >= vocab_size):
-        raise ValueError(f"{name} holds token ids outside [0, {vocab_size}) (from {low} to {high}); "
+        allowed = f"[0, {vocab_size})" if vocab_size is not None else "0 and up"
+        raise ValueError(f"{name} holds token ids outside {allowed} (from {low} to {high}); "
                          f"tokenize with this model's tokenizer")
     return ids
 
