@@ -326,7 +326,8 @@ class SparseLinear24(nn.Module):
     tensor (no broadcasting, no expanded views), so ``generate`` with a KV cache works at any batch.
     Build it with :meth:`from_linear`, or from ``weight`` (exactly 2:4, float16 or bfloat16) and
     ``bias``; ``kernel`` is "reference" (any device), "cusparselt" or "cutlass" (CUDA), or a
-    :class:`Kernel24`.
+    :class:`Kernel24`. Inference only: it holds buffers, no trainable weight. Cast the model to its
+    final dtype and device before converting (the compressed buffers are not re-cast).
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, kernel="reference"):
