@@ -9,7 +9,8 @@ Its ``provenance`` names the GPU, compute capability, torch, CUDA, cuSPARSELt, t
 
 1. One linear (SmolLM2, Llama-2-7B, Llama-3-8B, Llama-70B shapes; 1 to 8192 tokens): ``nn.Linear``
    vs ``sparselib.SparseLinear24``, eager and replayed from a CUDA graph (``sparselib.fast_inference``);
-   cuSPARSELt's two output layouts; ``torch.compile(mode="reduce-overhead")`` on one shape.
+   cuSPARSELt's two output layouts and its own algorithm search (``torch._cslt_sparse_mm_search``);
+   ``torch.compile(mode="reduce-overhead")`` on one shape.
 2. Whole models, dense (2:4-masked ``nn.Linear``) vs converted (``to_semi_structured``): SmolLM2-135M
    (the real model when the offline package is installed, else its real config with random weights,
    labelled), Llama-2-7B- and Llama-3-8B-shaped models with random fp16 weights (labelled random:
@@ -195,6 +196,23 @@ def layout_probe(min_run_time: float, log) -> tuple[list[dict], bool]:
                   f"graph {r['graph_sparse_ms']:.4f} ms", flush=True)
     fused = totals[True] <= totals[False]
     print(f"-> models use fused_transpose={fused}", flush=True)
+    for out_f, in_f, tokens in LAYOUT_POINTS:  # does cuSPARSELt's own algorithm search help?
+        try:
+            W = torch.randn(out_f, in_f, device="cuda", dtype=torch.float16)
+            W = W * sparselib.nm_mask(W.abs(), 2, 4)
+            X = torch.randn(tokens, in_f, device="cuda", dtype=torch.float16)
+            alg = int(torch._cslt_sparse_mm_search(torch._cslt_compress(W), X.t(), transpose_result=fused))
+            r = benchmark_linear(out_f, in_f, tokens, min_run_time=min_run_time,
+                                 kernel=CuSparseLtKernel24(fused_transpose=fused, alg_id=alg))
+        except Exception as err:  # noqa: BLE001
+            log(f"algorithm search {out_f}x{in_f}", repr(err)[:300])
+            continue
+        rows.append({"out_features": out_f, "in_features": in_f, "tokens": tokens, "fused_transpose": fused,
+                     "alg_id": alg, "eager_ms": r["sparse_ms"], "graph_ms": r["graph_sparse_ms"],
+                     "max_abs_diff": r["max_abs_diff"]})
+        print(f"searched alg_id {alg} {out_f}x{in_f} T={tokens}: eager {r['sparse_ms']:.4f} ms, "
+              f"graph {r['graph_sparse_ms']:.4f} ms", flush=True)
+    free()
     return rows, fused
 
 
