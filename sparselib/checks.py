@@ -228,8 +228,6 @@ def check_slicing(config, sparsity, name: str = "sparsity") -> float:
     """What SliceGPT needs of a model's config: a pre-norm architecture with its layer parts in the
     adapter table, not already sliced, no embedding projection, and a ``sparsity`` (fraction of the
     hidden size to delete) that keeps at least 8 dimensions."""
-    from .slicegpt import kept_dim  # the kept width is the algorithm's rule; imported when used
-
     sparsity = check_fraction(sparsity, name, "the fraction of the hidden size to delete; e.g. 0.25")
     model_type = str(getattr(config, "model_type", None))
     if model_type.startswith(SLICED_PREFIX):
@@ -243,7 +241,7 @@ def check_slicing(config, sparsity, name: str = "sparsity") -> float:
     D = config.hidden_size
     if getattr(config, "word_embed_proj_dim", D) != D:
         raise ValueError("SliceGPT needs word_embed_proj_dim == hidden_size (no project_in/out)")
-    if kept_dim(D, sparsity) == 0:
+    if sparsity and int((1 - sparsity) * D) < 8:  # slicegpt.kept_dim rounds down to a multiple of 8
         raise ValueError(f"{name}={sparsity} keeps {int((1 - sparsity) * D)} of {D} dimensions, which "
                          f"rounds down to 0 (multiples of 8); use {name} <= {1 - 8 / D:.3f}")
     return sparsity
