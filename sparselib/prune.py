@@ -22,7 +22,7 @@ from .masks import Pattern, mask_for, parse_sparsity
 from .models import adapter_for, decoder_layers, layer_linears, set_weight, weight_of
 from .owl import resolve_layer_sparsity
 from .scores import magnitude_scores, wanda_scores
-from .sparsegpt import sparsegpt_prune_shared
+from .sparsegpt import _prune_shared_prechecked
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,7 @@ def _sparsegpt(Ws: list[torch.Tensor], stats: LinearStats, pattern: Pattern, blo
     # takes every linear that reads the same input at once: they share H (see sparsegpt_prune_shared)
     nm = dict(n=pattern.n, m=pattern.m) if pattern.is_nm else dict(sparsity=pattern.sparsity)
     # prune() checked every weight before the first layer, and LinearStats.H is symmetric by construction
-    return [W for W, _ in sparsegpt_prune_shared(Ws, stats.H, blocksize=blocksize, percdamp=percdamp,
-                                                 _check_tensors=False, **nm)]
+    return [W for W, _ in _prune_shared_prechecked(Ws, stats.H, blocksize=blocksize, percdamp=percdamp, **nm)]
 
 
 @dataclass(frozen=True)

@@ -183,6 +183,23 @@ def test_shared_sweep_equals_separate_calls(pattern):
         assert torch.equal(W, W0)                           # inputs untouched
 
 
+@pytest.mark.parametrize("pattern", [{"sparsity": 0.5}, {"n": 2, "m": 4}])
+def test_prunes_prechecked_entry_equals_the_public_one(pattern):
+    """prune() calls the entry that skips the full passes over W and H; same result, and the cheap
+    checks (pattern, shapes) still hold."""
+    from sparselib.sparsegpt import _prune_shared_prechecked
+    _, _, H = correlated_problem(5)
+    g = torch.Generator().manual_seed(5)
+    Ws = [torch.randn(32, 128, generator=g), torch.randn(16, 128, generator=g)]
+    for (W_a, keep_a), (W_b, keep_b) in zip(_prune_shared_prechecked(Ws, H, blocksize=64, **pattern),
+                                            sparsegpt_prune_shared(Ws, H, blocksize=64, **pattern)):
+        assert torch.equal(W_a, W_b) and torch.equal(keep_a, keep_b)
+    with pytest.raises(ValueError, match="not both"):
+        _prune_shared_prechecked(Ws, H, sparsity=0.5, n=2, m=4)
+    with pytest.raises(ValueError, match="H must be"):
+        _prune_shared_prechecked(Ws, H[:64, :64], sparsity=0.5)
+
+
 def test_shared_sweep_rejects_bad_input():
     _, _, H = correlated_problem(4)
     with pytest.raises(ValueError, match="non-empty list"):
@@ -195,21 +212,21 @@ def test_shared_sweep_rejects_bad_input():
 def test_kth_value_of_a_block_is_exact(fraction):
     # large enough for the sampled bracket; heavy-tailed like real scores, and a block whose evenly
     # spaced sample sees only outliers (the bracket misses: the answer must not change)
-    from sparselib.sparsegpt import _kth_value, _prime_at_least
+    from sparselib._sparsegpt_fast import kth_value, prime_at_least
     g = torch.Generator().manual_seed(7)
     fooled = torch.rand(128 * 960, generator=g)
-    fooled[:: _prime_at_least(fooled.numel() // 4096)] += 1000
+    fooled[:: prime_at_least(fooled.numel() // 4096)] += 1000
     for x in (torch.randn(128, 960, generator=g).pow(2) * torch.rand(960, generator=g), fooled):
         flat = x.reshape(-1)
         k = max(1, int(flat.numel() * fraction))
-        assert _kth_value(flat, k) == torch.sort(flat).values[k - 1].item()
+        assert kth_value(flat, k) == torch.sort(flat).values[k - 1].item()
 
 
 def test_k_smallest_matches_a_stable_sort_with_ties():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from sparselib.sparsegpt import _k_smallest
+    from sparselib._sparsegpt_fast import k_smallest
 
     @settings(max_examples=200, deadline=None)
     @given(st.lists(st.integers(0, 5), min_size=1, max_size=60), st.data())
@@ -218,12 +235,12 @@ def test_k_smallest_matches_a_stable_sort_with_ties():
         k = data.draw(st.integers(1, len(values)))
         want = torch.zeros_like(x, dtype=torch.bool)
         want[torch.sort(x, stable=True).indices[:k]] = True
-        assert torch.equal(_k_smallest(x, k), want)
+        assert torch.equal(k_smallest(x, k), want)
         # a transposed 2-D view (how a block's scores are passed): ties follow the view's row-major order
         cols = data.draw(st.sampled_from([c for c in range(1, len(values) + 1) if len(values) % c == 0]))
         view = x.view(cols, -1).t()
         want2 = torch.zeros(view.numel(), dtype=torch.bool)
         want2[torch.sort(view.reshape(-1), stable=True).indices[:k]] = True
-        assert torch.equal(_k_smallest(view, k), want2.view(view.shape))
+        assert torch.equal(k_smallest(view, k), want2.view(view.shape))
 
     check()
