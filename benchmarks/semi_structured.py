@@ -147,7 +147,7 @@ def free():
 # --------------------------------------------------------------------------------------------
 # Part 1: one linear
 # --------------------------------------------------------------------------------------------
-def linear_grid(budget: Budget, min_run_time: float, log) -> list[dict]:
+def linear_grid(budget: Budget, min_run_time: float, log, kernel="auto") -> list[dict]:
     rows = []
     print(f"{'model':<13} {'linear':<13} {'out':>6} {'in':>6} {'tokens':>6} {'eager x':>8} {'graph x':>8}"
           f"  (dense/2:4 ms eager; graph)", flush=True)
@@ -157,7 +157,7 @@ def linear_grid(budget: Budget, min_run_time: float, log) -> list[dict]:
                 log("linear grid", f"stopped at {out_f}x{in_f} T={tokens}: time budget")
                 return rows
             try:
-                r = benchmark_linear(out_f, in_f, tokens, min_run_time=min_run_time)
+                r = benchmark_linear(out_f, in_f, tokens, min_run_time=min_run_time, kernel=kernel)
             except Exception as err:  # noqa: BLE001 - one failing point must not lose the rest
                 log(f"linear {out_f}x{in_f} T={tokens}", repr(err))
                 free()
@@ -517,7 +517,7 @@ def main(argv=None) -> int:
         run["layout"], fused = layout_probe(args.min_run_time, log)
         kernel = CuSparseLtKernel24(fused_transpose=fused)
     prov["kernel"] = repr(kernel)
-    run["linear"] = linear_grid(budget, args.min_run_time, log)
+    run["linear"] = linear_grid(budget, args.min_run_time, log, kernel)
     save("linear")
     for name in models:
         if budget.left() < 90:
