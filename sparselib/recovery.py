@@ -17,11 +17,12 @@ The mask of every decoder-layer linear is read off its zeros before the first st
 Embeddings, norms and ``lm_head`` stay frozen. AdamW, linear warm-up then a cosine schedule to zero.
 Deterministic for a given ``seed`` on a given machine (batches are taken in order).
 
-Memory (measured, SmolLM2-135M in fp32 on CPU, batch 2 × 256 tokens): full fine-tuning needs the
-weights, their gradients and AdamW's two moments for the ~106 M linear weights (about
-4 × 0.43 GB) plus activations — about 2.6 GB peak resident for the whole process; masked LoRA at
-rank 16 trains ~4.6 M parameters and peaks at about 1.5 GB (see ``benchmarks/recovery.py``, which
-records ``peak_rss_gb``).
+Memory, measured on CPU for SmolLM2-135M in fp32 with batches of 2 × 256 tokens: full fine-tuning
+peaked at about 3.5 GB resident for the whole process (read with ``ps`` during training): the
+weights (0.5 GB), the gradients and AdamW's two moments of the ~106 M decoder-linear weights
+(3 × 0.42 GB), activations and the logits over the 49k-token vocabulary. Masked LoRA of rank 16
+trains ~4.9 M parameters instead, so the gradient and optimizer state nearly vanish; activations
+remain. ``benchmarks/recovery.py`` records the peak resident memory of its runs (``peak_rss_gb``).
 """
 from __future__ import annotations
 
