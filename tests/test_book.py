@@ -61,7 +61,8 @@ def test_every_chapter_is_in_the_toc():
 
 
 def test_requirements_pin_the_book_and_torch():
-    req = (ROOT / "requirements.txt").read_text()
+    req = (ROOT / "requirements.txt").read_text() + (ROOT / "requirements-tests.txt").read_text()  # -r'd
+    assert "-r requirements-tests.txt" in req
     assert re.search(r"^jupyter-book[^\n]*<2", req, re.M)
     assert re.search(r"^torch==2\.13\.0", req, re.M)
 
