@@ -184,3 +184,18 @@ def test_check_model_dir(tmp_path):
         checks.check_model_dir(tmp_path / "missing", "FIX")
     with pytest.raises(ValueError, match="no config.json"):
         checks.check_model_dir(tmp_path, "FIX")
+
+
+def test_the_slicing_check_refuses_exactly_the_widths_that_round_to_zero():
+    from sparselib.slicegpt import kept_dim
+
+    config = tiny_llama().config
+    for D in (9, 17, 64, 100, 576):
+        config.hidden_size = D
+        for sparsity in [i / 50 for i in range(50)]:
+            refused = False
+            try:
+                checks.check_slicing(config, sparsity)
+            except ValueError:
+                refused = True
+            assert refused == (kept_dim(D, sparsity) == 0), (D, sparsity)
