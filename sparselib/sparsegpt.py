@@ -20,8 +20,8 @@ import warnings
 
 import torch
 
-from .checks import check_fraction, check_matrix, check_nm_fits
 from ._sparsegpt_fast import column_slices, k_smallest, stacked_column_major, upper_cholesky_of_inverse
+from .checks import check_fraction, check_matrix, check_nm_fits
 
 
 @torch.no_grad()
