@@ -12,6 +12,9 @@ This follows the reference (microsoft/TransformerCompression), with one default 
 reference subtracts each embedding row's mean in every model, which for an RMSNorm model changes the
 function (RMSNorm does not remove the mean). Here the embeddings are centred only for LayerNorm models
 unless ``center_embeddings=True`` asks for the reference's behaviour.
+
+Saving and loading a sliced model (a Hugging Face checkpoint of a registered sliced type) is
+:mod:`sparselib.sliced_checkpoint`; its names are reachable from here too.
 """
 from __future__ import annotations
 
