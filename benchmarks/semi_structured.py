@@ -29,11 +29,9 @@ import datetime as dt
 import gc
 import inspect
 import json
-import os
 import re
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -44,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import sparselib  # noqa: E402
+from sparselib.io import write_atomically  # noqa: E402
 from sparselib.semistructured import (CuSparseLtKernel24, SparseLinear24, _decide,  # noqa: E402
                                       benchmark_linear, can_use_sparse_kernels, fast_inference,
                                       to_semi_structured)
@@ -97,16 +96,8 @@ class Budget:
 
 
 def write_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8"),
+                     overwrite=True)
 
 
 def provenance(reason: str, backend: str) -> dict:

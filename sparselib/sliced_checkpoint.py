@@ -17,15 +17,13 @@ import importlib.abc
 import importlib.util
 import json
 import logging
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .adapters import ADAPTERS, SLICED_PREFIX, decoder_layers, get_module
+from .io import write_atomically
 from .slicegpt import SlicedLayer, _store, restructure
 
 log = logging.getLogger(__name__)
@@ -155,22 +153,13 @@ def write_sliced(model, directory) -> Path:
 
 def save_sliced(model, path, overwrite: bool = False) -> Path:
     """Write a sliced model to the directory ``path`` (see :func:`write_sliced`): written in a temporary
-    directory, then moved into place with ``os.replace``. Read it back with :func:`load_sliced` or,
-    after ``import sparselib``, with ``AutoModelForCausalLM.from_pretrained(path)``."""
+    directory, then moved into place (:func:`sparselib.io.write_atomically`). Read it back with
+    :func:`load_sliced` or, after ``import sparselib``, with ``AutoModelForCausalLM.from_pretrained(path)``."""
     path = Path(path)
     sliced_config(model)  # refuses a model that is not sliced, before anything is written
     if path.exists() and not overwrite:
         raise ValueError(f"{path} exists; pass overwrite=True or choose a new directory")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))  # scratch, removed below
-    try:
-        write_sliced(model, tmp / "new")
-        if path.exists():
-            os.replace(path, tmp / "old")
-        os.replace(tmp / "new", path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    return write_atomically(path, lambda tmp: write_sliced(model, tmp), overwrite=True)
 
 
 def load_sliced(path, device=None):
