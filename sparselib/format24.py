@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .checks import check_matrix
 from .masks import nm_violations
 
 #: Bytes per element of the dtypes the format supports.
@@ -78,10 +79,7 @@ def compress_24(W: torch.Tensor) -> Compressed24:
     Where a group has 3 or 4 zeros, the nonzeros are kept first, then the lowest-index zeros.
     (A ``-0.0`` that is not kept comes back as ``+0.0``; the two compare equal.)
     """
-    if not isinstance(W, torch.Tensor):
-        raise TypeError(f"W must be a torch.Tensor, not {type(W).__name__}")
-    if W.dim() != 2:
-        raise ValueError(f"W must be 2-D [out_features, in_features], got shape {tuple(W.shape)}")
+    check_matrix(W, finite=False)  # the format stores any value, NaN included
     rows, cols = W.shape
     if cols % 4:
         raise ValueError(f"2:4 needs in_features to be a multiple of 4, got {cols}; pad the inputs")
