@@ -78,17 +78,17 @@ def upper_triangular_inverse(R: torch.Tensor, leaf: int = 128) -> torch.Tensor:
     return out
 
 
-def k_smallest(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Mask of the ``k`` smallest entries of ``x`` (any shape, any strides); ties at the threshold go
-    to the entries that come first in ``x``'s row-major order (what a stable sort of ``x.flatten()``
-    gives). Why: linear time — a selection for the threshold, no full sort."""
+def drop_k_smallest(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep mask (True = survives) of ``x`` (any shape, any strides) with its ``k`` smallest entries
+    dropped; ties at the threshold drop the entries that come first in ``x``'s row-major order (what a
+    stable sort of ``x.flatten()`` gives). Why: linear time — a selection for the threshold, no sort."""
     flat = x.mT.reshape(-1) if x.dim() == 2 and x.mT.is_contiguous() else x.reshape(-1)  # no copy
     t = kth_value(flat, k) if flat.device.type == "cpu" else torch.kthvalue(flat, k).values
-    mask = x <= t
-    extra = int(mask.sum()) - k  # entries tied at t beyond the k-th: the last ones stay
+    keep = x > t
+    extra = x.numel() - k - int(keep.sum())  # entries tied at t beyond the k-th: the last ones stay
     if extra:
-        mask[tuple((x == t).nonzero()[-extra:].t())] = False  # nonzero lists them in row-major order
-    return mask
+        keep[tuple((x == t).nonzero()[-extra:].t())] = True  # nonzero lists them in row-major order
+    return keep
 
 
 def kth_value(flat: torch.Tensor, k: int, samples: int = 4096) -> float:

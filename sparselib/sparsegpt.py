@@ -20,7 +20,7 @@ import warnings
 
 import torch
 
-from ._sparsegpt_fast import column_slices, k_smallest, stacked_column_major, upper_cholesky_of_inverse
+from ._sparsegpt_fast import column_slices, drop_k_smallest, stacked_column_major, upper_cholesky_of_inverse
 from .checks import check_fraction, check_matrix, check_nm_fits
 
 
@@ -76,7 +76,7 @@ def _sparsegpt(Ws, H, sparsity, n, m, blocksize, percdamp):
         d = Ub.diagonal()
         inv_d = d.reciprocal()
         if sparsity is not None:                 # the block's mask, on the weights updated so far
-            Kb[:] = _block_keep(Wb.pow(2) / d.pow(2), rows, sparsity)
+            _choose_block_mask(Kb, Wb.pow(2) / d.pow(2), rows, sparsity)
         scale = ~Kb * inv_d                      # (1 - keep) / U_jj: err = (w - q) / U_jj = w · scale
         E = torch.empty_like(Wb)                 # the block's errors, one column per column of W
         for j, end in column_slices(Wb, E, Ub, group=m or 1):  # end: the block's end, or sooner
@@ -87,8 +87,7 @@ def _sparsegpt(Ws, H, sparsity, n, m, blocksize, percdamp):
             err = torch.mul(Wb[:, j], scale[:, j], out=E[:, j])      # (w - q) / U_jj, written into E
             Wb[:, j + 1:end].addr_(err, Ub[j, j + 1:end], alpha=-1)  # W -= err ⊗ U[j, j+1:end]
         W[:, i2:].addmm_(E, U[i1:i2, i2:], alpha=-1)  # lazy batch update: W[:, i2:] -= E U[block, i2:]
-    W.masked_fill_(~keep, 0)
-    return [(W_.contiguous().to(W0.dtype), keep_.contiguous())
+    return [(torch.where(keep_, W_, 0).contiguous().to(W0.dtype), keep_.contiguous())  # W ← W · keep
             for W0, W_, keep_ in zip(Ws, W.split(rows), keep.split(rows))]
 
 
@@ -103,17 +102,16 @@ def _without_dead_inputs(H: torch.Tensor):
     return H, dead
 
 
-def _block_keep(scores: torch.Tensor, rows: list[int], sparsity: float) -> torch.Tensor:
-    """Unstructured mask of one block: in each stacked matrix (``rows`` of them each), exactly
-    ``int(rows·B·sparsity)`` lowest scores pruned, one threshold over all of its rows."""
-    keep = torch.ones_like(scores, dtype=torch.bool)
+def _choose_block_mask(keep: torch.Tensor, scores: torch.Tensor, rows: list[int], sparsity: float):
+    """Unstructured mask of one block, into ``keep`` (all True on entry): in each stacked matrix
+    (``rows`` of them each), exactly ``int(rows·B·sparsity)`` lowest scores dropped, one threshold
+    over all of its rows."""
     r0 = 0
     for r in rows:
         k = int(r * scores.shape[1] * sparsity)
         if k:
-            keep[r0:r0 + r] = ~k_smallest(scores[r0:r0 + r], k)
+            keep[r0:r0 + r] = drop_k_smallest(scores[r0:r0 + r], k)
         r0 += r
-    return keep
 
 
 def inverse_hessian_factor(H: torch.Tensor, percdamp: float = 0.01, retries: int = 6) -> torch.Tensor:
