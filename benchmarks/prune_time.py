@@ -9,7 +9,7 @@ column-at-a-time update (blocksize 4) on one real layer, same result, speed prin
 Run it on an otherwise idle machine: the figures are wall-clock seconds. Each figure is the best of
 ``--repeat`` runs (default 3; the bound too): on a shared 2-core VM single runs varied by up to
 ±5 %. ``--record`` writes them to sparselib/results/prune_time_smollm2.json (every run, so the
-spread can be read, and the load average before each), which chapters 4 and 8 show.
+spread can be read, and the load average before each), which chapters 5 and 9 show.
 """
 from __future__ import annotations
 

@@ -215,3 +215,17 @@ def test_every_glued_name_is_glued_in_the_same_chapter(path):
             for m in re.finditer(r"\{glue(?::\w+)?\}`([^`]+)`", t)}
     unglued = sorted(u for u in used if not any(p.match(u) for p in patterns))
     assert not unglued, f"{path.name}: markdown uses glue names no code cell glues: {unglued}"
+
+
+def test_toc_readme_and_titles_agree_on_the_chapter_order():
+    """The TOC lists the numbered chapters in file order, each title carries its file's number, and the
+    README's chapter table has one row per chapter with that number (the instructor guide reads the files)."""
+    toc = re.findall(r"chapters/(\d\d)-[\w-]+", (ROOT / "_toc.yml").read_text())
+    numbers = [p.stem[:2] for p in CHAPTERS]
+    assert toc == numbers, f"_toc.yml lists chapters in the order {toc}, the files are {numbers}"
+    for path in CHAPTERS:
+        first = json.loads(path.read_text())["cells"][0]["source"]
+        first = first[0] if isinstance(first, list) else first
+        assert first.startswith(f"# {int(path.stem[:2])}. "), f"{path.name}: title should start '# {int(path.stem[:2])}. '"
+    readme = re.findall(r"^\| (\d+) \| ", (ROOT / "README.md").read_text(), flags=re.M)
+    assert readme == [str(int(n)) for n in numbers], f"README's chapter table rows {readme} != {numbers}"

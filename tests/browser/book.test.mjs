@@ -1,5 +1,5 @@
 // Browser test of the built static book, with no kernel behind it:
-//  (a) the sparsity visualizer (chapter 7) switches rules and sparsity, and the cells it shows are
+//  (a) the sparsity visualizer (chapter 4) switches rules and sparsity, and the cells it shows are
 //      sparselib's masks (recomputed by tests/browser/expected_masks.py) and its embedded data;
 //      magnitude and Wanda show different masks;
 //  (b) every chapter's quiz renders all its questions, and answering gives the right feedback;
@@ -26,7 +26,7 @@ const BOOK = path.resolve(ROOT, process.env.BOOK_HTML ?? ".ci-book/_build/html")
 const ARTIFACTS = path.resolve(ROOT, process.env.ARTIFACTS ?? "_build/browser-artifacts");
 const PYTHON = process.env.PYTHON ?? path.join(ROOT, ".venv/bin/python");
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
-const VIZ_PAGE = "chapters/07-visualizer.html";
+const VIZ_PAGE = "chapters/04-visualizer.html";
 const QUIZ_DIR = path.join(ROOT, "sparselib/quizzes");
 // The executed notebooks the book was built from: make notebooks' copy (.ci-book/chapters) or
 // make book's execution folder (_build/jupyter_execute/chapters).

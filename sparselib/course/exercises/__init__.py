@@ -17,12 +17,12 @@ from .ch00_how_to_use import check_embedding_share, check_seqlen_effect
 from .ch01_landscape import check_breakeven, check_group_code_saving, check_nm_saving
 from .ch02_magnitude import check_magnitude_mask, check_magnitude_types
 from .ch03_wanda import check_outlier_fractions, check_wanda_24
-from .ch04_sparsegpt import check_blocksize_claim, check_damping_errors
-from .ch05_slicegpt import check_fold, check_slice_head, check_sliced_params
-from .ch06_sparse_tensor_cores import check_meta_byte, check_roofline
-from .ch07_visualizer import check_outlier_threshold, check_row_errors
-from .ch08_comparison import check_stored_size_24, check_within_budget
-from .ch09_prune_your_own import check_sliced_checkpoint, check_sweep_table
-from .ch10_beyond_50 import check_masked_merge, check_owl_sparsities
+from .ch04_visualizer import check_outlier_threshold, check_row_errors
+from .ch05_sparsegpt import check_blocksize_claim, check_damping_errors
+from .ch06_slicegpt import check_fold, check_slice_head, check_sliced_params
+from .ch07_beyond_50 import check_masked_merge, check_owl_sparsities
+from .ch08_sparse_tensor_cores import check_meta_byte, check_roofline
+from .ch09_comparison import check_stored_size_24, check_within_budget
+from .ch10_prune_your_own import check_sliced_checkpoint, check_sweep_table
 
 __all__ = ["CHECKERS", "Feedback", "checker", *sorted(f.__name__ for f in CHECKERS.values())]

@@ -1,4 +1,4 @@
-"""The checkers of chapter 7, the visualizer (ch07_visualizer): right answers pass, the usual
+"""The checkers of chapter 7, the visualizer (ch04_visualizer): right answers pass, the usual
 wrong answers fail with the note that names the mistake, bad arguments raise."""
 import pytest
 

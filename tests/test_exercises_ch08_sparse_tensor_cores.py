@@ -1,4 +1,4 @@
-"""The checkers of chapter 6, Sparse Tensor Cores (ch06_sparse_tensor_cores): right answers pass, the usual
+"""The checkers of chapter 6, Sparse Tensor Cores (ch08_sparse_tensor_cores): right answers pass, the usual
 wrong answers fail with the note that names the mistake, bad arguments raise."""
 import pytest
 

@@ -1,4 +1,4 @@
-"""The checkers of chapter 4, SparseGPT (ch04_sparsegpt): right answers pass, the usual
+"""The checkers of chapter 4, SparseGPT (ch05_sparsegpt): right answers pass, the usual
 wrong answers fail with the note that names the mistake, bad arguments raise."""
 import pytest
 import torch
