@@ -141,24 +141,8 @@ def recover(model: nn.Module, data: torch.Tensor, steps: int, *, batch_size: int
     frozen = {n: p.requires_grad for n, p in model.named_parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
-    gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    handles, params = [], []
-    if lora_rank is None:
-        for name, keep in keeps.items():
-            weight = modules[name].weight
-            weight.requires_grad_(True)
-            handles.append(weight.register_hook(lambda g, keep=keep: g * keep))
-            params.append(weight)
-    else:
-        alpha = float(lora_rank if lora_alpha is None else lora_alpha)
-        for name, keep in keeps.items():
-            module = modules[name]
-            lora = _MaskedLoRA(module.weight, lora_rank, alpha, keep)
-            with torch.no_grad():  # A from the seeded generator, so runs repeat exactly
-                lora.A.copy_(torch.randn(lora.A.shape, generator=gen) / math.sqrt(lora.A.shape[1]))
-            parametrize.register_parametrization(module, "weight", lora)
-            params += [lora.A, lora.B]
+    params, handles = _trainable(modules, keeps, lora_rank, lora_alpha, torch.Generator().manual_seed(seed))
     device = params[0].device
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: cosine_lr(t, steps, warmup))
@@ -172,15 +156,8 @@ def recover(model: nn.Module, data: torch.Tensor, steps: int, *, batch_size: int
     try:
         for step in bar:
             rows = (torch.arange(batch_size) + step * batch_size) % data.shape[0]
-            batch = data[rows].to(device)
-            logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            report.lrs.append(sched.get_last_lr()[0])
-            opt.step()
-            sched.step()
-            if lora_rank is None:
+            loss = _step(model, data[rows].to(device), opt, sched, report)
+            if lora_rank is None:  # masked gradients leave them at 0; re-applying keeps it exact whatever the optimiser does
                 with torch.no_grad():
                     for name, keep in keeps.items():
                         modules[name].weight.mul_(keep)
@@ -191,16 +168,56 @@ def recover(model: nn.Module, data: torch.Tensor, steps: int, *, batch_size: int
                 callback(step + 1, model, loss.item())
                 model.train()
     finally:
-        for h in handles:
-            h.remove()
-        if lora_rank is not None:  # merge ΔW ⊙ keep into W (the parametrization computes exactly that)
-            for name in keeps:
-                if parametrize.is_parametrized(modules[name], "weight"):
-                    parametrize.remove_parametrizations(modules[name], "weight", leave_parametrized=True)
-        for n, p in model.named_parameters():
-            p.requires_grad_(frozen.get(n, False))
-        model.train(was_training)
+        _restore(model, modules, keeps, handles, lora_rank, frozen, was_training)
     report.seconds = time.perf_counter() - start
     log.info("recovered %d steps in %.1f s, loss %.3f -> %.3f", steps, report.seconds,
              report.losses[0], report.losses[-1])
     return report
+
+
+def _trainable(modules: dict, keeps: dict, lora_rank, lora_alpha, gen: torch.Generator):
+    """What the optimiser trains: each pruned weight with its gradient masked (full fine-tuning), or a
+    masked LoRA pair per pruned linear. Returns ``(params, hook handles)``."""
+    params, handles = [], []
+    if lora_rank is None:
+        for name, keep in keeps.items():
+            weight = modules[name].weight
+            weight.requires_grad_(True)
+            handles.append(weight.register_hook(lambda g, keep=keep: g * keep))
+            params.append(weight)
+        return params, handles
+    alpha = float(lora_rank if lora_alpha is None else lora_alpha)
+    for name, keep in keeps.items():
+        module = modules[name]
+        lora = _MaskedLoRA(module.weight, lora_rank, alpha, keep)
+        with torch.no_grad():  # A from the seeded generator, so runs repeat exactly
+            lora.A.copy_(torch.randn(lora.A.shape, generator=gen) / math.sqrt(lora.A.shape[1]))
+        parametrize.register_parametrization(module, "weight", lora)
+        params += [lora.A, lora.B]
+    return params, handles
+
+
+def _step(model: nn.Module, batch: torch.Tensor, opt, sched, report: RecoveryReport) -> torch.Tensor:
+    """One AdamW step of next-token cross-entropy on ``batch [batch_size, seqlen]``."""
+    logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    report.lrs.append(sched.get_last_lr()[0])
+    opt.step()
+    sched.step()
+    return loss
+
+
+def _restore(model, modules, keeps, handles, lora_rank, frozen: dict, was_training: bool) -> None:
+    """Undo the training set-up: hooks off, LoRA merged as ``ΔW ⊙ keep`` into W (the parametrization
+    computes exactly that), ``requires_grad`` and train/eval mode as they were."""
+    for h in handles:
+        h.remove()
+    if lora_rank is not None:
+        for name in keeps:
+            if parametrize.is_parametrized(modules[name], "weight"):
+                parametrize.remove_parametrizations(modules[name], "weight", leave_parametrized=True)
+    for n, p in model.named_parameters():
+        p.requires_grad_(frozen.get(n, False))
+    model.train(was_training)

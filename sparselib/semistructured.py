@@ -425,6 +425,55 @@ def to_semi_structured(model: nn.Module, *, strict: bool = True, kernel="auto") 
                          f"not {kernel!r}")
     linears = list(_linears(model))  # raises ValueError for an unsupported architecture
     already = sum(isinstance(m, SparseLinear24) for layer in decoder_layers(model) for m in layer.modules())
+    candidates, not_linear, not_24 = _sort_linears(linears, strict)
+    picked = _pick_kernel(kernel, model_device(model))
+    if isinstance(picked, str):
+        log.info("not converting: %s", picked)
+        return False, picked, 0
+    kern, backend, reason = picked
+    dtypes = {module.weight.dtype for _, _, _, module in candidates}
+    if not dtypes <= set(SUPPORTED_DTYPES):
+        raise TypeError(f"2:4 kernels need float16 or bfloat16 weights; this model's linears are "
+                        f"{', '.join(sorted(str(d) for d in dtypes))}. Cast it first: "
+                        f"model.half() or model.to(torch.bfloat16)")
+    todo, too_small = _shape_fits(candidates, backend)
+    # Compress everything first, then swap: an error half-way leaves the model unchanged.
+    new = [SparseLinear24.from_linear(module, kern) for _, _, module in todo]
+    for (layer, name, _), module in zip(todo, new):
+        _replace(layer, name, module)
+    parts = [f"converted {len(todo)} of {len(linears) + already} decoder-layer linears to 2:4 "
+             f"SparseLinear24 modules with {backend} ({reason})"]
+    for count, why in ((len(too_small), f"below {backend}'s minimum shape"
+                        + (f" (e.g. {too_small[0]})" if too_small else "")),
+                       (len(not_24), "not 2:4 (strict=False)"), (not_linear, "not nn.Linear")):
+        if count:
+            parts.append(f"{count} left dense, {why}")
+    if already:
+        parts.append(f"{already} already converted")
+    reason = "; ".join(parts)
+    log.info(reason)
+    return bool(todo), reason, len(todo)
+
+
+def _shape_fits(candidates, backend: str):
+    """``(to convert, [why each other one stays dense])``: the backend's minimum shapes."""
+    todo, too_small = [], []
+    for i, layer, name, module in candidates:
+        if backend in ("cutlass", "cusparselt"):
+            problem = shape_problem(tuple(module.weight.shape), module.weight.dtype, backend)
+        else:
+            problem = (f"in_features {module.in_features} is not a multiple of 4"
+                       if module.in_features % 4 else None)
+        if problem:
+            too_small.append(f"layer {i} {name}: {problem}")
+        else:
+            todo.append((layer, name, module))
+    return todo, too_small
+
+
+def _sort_linears(linears, strict: bool):
+    """Split the decoder-layer linears into those to convert, those that are not ``nn.Linear`` and
+    those that are not 2:4; a non-2:4 linear raises (before anything changes) when ``strict``."""
     candidates, not_linear, not_24 = [], 0, []
     for i, layer, name, module in linears:
         if not isinstance(module, nn.Linear):
@@ -443,64 +492,31 @@ def to_semi_structured(model: nn.Module, *, strict: bool = True, kernel="auto") 
             f"consecutive inputs have fewer than 2 zeros (first: layer {i} {name}, {bad} of {groups} groups). "
             f"Prune first, e.g. sparselib.prune(model, 'wanda', '2:4', calib), or pass strict=False to "
             f"convert only the linears that are 2:4.")
+    return candidates, not_linear, not_24
 
-    device = model_device(model)
+
+def _pick_kernel(kernel, device):
+    """``(kernel, backend name, why)`` for ``to_semi_structured``, or the reason (a str) why this
+    hardware cannot run the GPU kernels ``kernel="auto"`` asks for; a kernel this GPU lacks raises."""
     if isinstance(kernel, Kernel24) or kernel == "reference":
         kern = _kernel(kernel)
-        backend = kern.name
         if kern.device_type and device.type != kern.device_type:
-            raise ValueError(f"the {backend} kernel runs on {kern.device_type}, but the model is on {device}; "
+            raise ValueError(f"the {kern.name} kernel runs on {kern.device_type}, but the model is on {device}; "
                              f"move it first, or use kernel='reference'")
         reason = ("the reference kernel (sparselib.format24: decompress, then a dense matmul): the same "
-                  "outputs, no speed-up" if backend == "reference" else f"the {backend} kernel {kern!r}")
-    else:
-        ok, reason, backend = _decide(device, None, torch.float16)
-        if not ok:
-            log.info("not converting: %s", reason)
-            return False, reason, 0
-        if kernel == "cutlass" and backend != "cutlass":
-            raise ValueError(f"kernel='cutlass' runs only on sm_8x GPUs, and {reason.split(';')[0]}; "
-                             f"use kernel='auto'")
-        if kernel == "cusparselt" and not torch.backends.cusparselt.is_available():
-            raise ValueError("kernel='cusparselt' needs a PyTorch build with cuSPARSELt "
-                             "(torch.backends.cusparselt.is_available() is False); use kernel='auto'")
-        backend = backend if kernel == "auto" else kernel
-        kern = _kernel(backend)
-    dtypes = {module.weight.dtype for _, _, _, module in candidates}
-    if not dtypes <= set(SUPPORTED_DTYPES):
-        raise TypeError(f"2:4 kernels need float16 or bfloat16 weights; this model's linears are "
-                        f"{', '.join(sorted(str(d) for d in dtypes))}. Cast it first: "
-                        f"model.half() or model.to(torch.bfloat16)")
-
-    todo, too_small = [], []
-    for i, layer, name, module in candidates:
-        if backend in ("cutlass", "cusparselt"):
-            problem = shape_problem(tuple(module.weight.shape), module.weight.dtype, backend)
-        else:
-            problem = (f"in_features {module.in_features} is not a multiple of 4"
-                       if module.in_features % 4 else None)
-        if problem:
-            too_small.append(f"layer {i} {name}: {problem}")
-        else:
-            todo.append((layer, name, module))
-    # Compress everything first, then swap: an error half-way leaves the model unchanged.
-    new = [SparseLinear24.from_linear(module, kern) for _, _, module in todo]
-    for (layer, name, _), module in zip(todo, new):
-        _replace(layer, name, module)
-
-    parts = [f"converted {len(todo)} of {len(linears) + already} decoder-layer linears to 2:4 "
-             f"SparseLinear24 modules with {backend} ({reason})"]
-    if too_small:
-        parts.append(f"{len(too_small)} left dense, below {backend}'s minimum shape (e.g. {too_small[0]})")
-    if not_24:
-        parts.append(f"{len(not_24)} left dense, not 2:4 (strict=False)")
-    if not_linear:
-        parts.append(f"{not_linear} left dense, not nn.Linear")
-    if already:
-        parts.append(f"{already} already converted")
-    reason = "; ".join(parts)
-    log.info(reason)
-    return bool(todo), reason, len(todo)
+                  "outputs, no speed-up" if kern.name == "reference" else f"the {kern.name} kernel {kern!r}")
+        return kern, kern.name, reason
+    ok, reason, backend = _decide(device, None, torch.float16)
+    if not ok:
+        return reason
+    if kernel == "cutlass" and backend != "cutlass":
+        raise ValueError(f"kernel='cutlass' runs only on sm_8x GPUs, and {reason.split(';')[0]}; "
+                         f"use kernel='auto'")
+    if kernel == "cusparselt" and not torch.backends.cusparselt.is_available():
+        raise ValueError("kernel='cusparselt' needs a PyTorch build with cuSPARSELt "
+                         "(torch.backends.cusparselt.is_available() is False); use kernel='auto'")
+    backend = backend if kernel == "auto" else kernel
+    return _kernel(backend), backend, reason
 
 
 # --------------------------------------------------------------------------------------------

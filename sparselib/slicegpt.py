@@ -326,6 +326,8 @@ def _validate(model, calib, sparsity, batch_size) -> int:
 
 
 @torch.no_grad()
+# Over 60 lines on purpose: fusion, the layer-0 PCA and the per-layer rotate-and-slice steps read in
+# order, as in the paper's Section 3; split up, the bases Q and Q_mid would travel between functions.
 def slice_model(model, calib: torch.Tensor, sparsity: float = 0.25, batch_size: int = 8, *,
                 slice_head: bool = False, device=None, center_embeddings: bool | None = None,
                 progress: bool = True) -> SliceReport:
