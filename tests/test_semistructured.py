@@ -549,3 +549,30 @@ def test_a_newer_gpu_run_sits_beside_the_older_one(tmp_path, monkeypatch):
     runs = results.gpu_runs()
     assert [r["provenance"]["date_utc"][:4] for r in runs] == ["2026", "2027"]   # both, oldest first
     assert [r["linear"][0]["speedup"] for r in runs] == [0.5, 1.2]
+
+
+# The GPU path leans on PyTorch's prototype semi-structured API, which moves between releases. These
+# CPU checks pin what sparselib calls, so a torch upgrade that renames or reshapes it fails here, on
+# any machine, rather than on the first GPU run (the GPU figures recorded so far: torch 2.11.0+cu130).
+def _schema(op: str) -> str:
+    schemas = torch._C._jit_get_schemas_for_operator(op)
+    assert schemas, f"{op} is gone from this torch ({torch.__version__}); the cuSPARSELt kernel needs it"
+    return str(schemas[0])
+
+
+def test_the_cusparselt_ops_sparselib_calls_keep_their_arguments():
+    mm = _schema("aten::_cslt_sparse_mm")
+    for arg in ("Tensor compressed_A", "Tensor dense_B", "Tensor? bias", "bool transpose_result", "int alg_id"):
+        assert arg in mm, f"_cslt_sparse_mm lost '{arg}': {mm}"
+    assert "(Tensor input) -> Tensor" in _schema("aten::_cslt_compress")
+    assert "-> int" in _schema("aten::_cslt_sparse_mm_search")      # the benchmark's algorithm search
+
+
+def test_the_semi_structured_classes_sparselib_reads_still_exist():
+    base = torch.sparse.SparseSemiStructuredTensor
+    assert isinstance(base._FORCE_CUTLASS, bool)                      # semistructured._force_backend flips it
+    for cls in (torch.sparse.SparseSemiStructuredTensorCUTLASS, torch.sparse.SparseSemiStructuredTensorCUSPARSELT):
+        limits = cls._DTYPE_SHAPE_CONSTRAINTS                          # the minimum shapes and token padding
+        assert {torch.float16, torch.bfloat16} <= set(limits), cls.__name__
+        assert all(hasattr(limits[torch.float16], f) for f in ("dense_min_rows", "dense_min_cols")), cls.__name__
+    assert callable(torch.sparse.to_sparse_semi_structured) and callable(torch.backends.cusparselt.is_available)
