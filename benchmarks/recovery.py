@@ -11,11 +11,13 @@ re-runs one OWL point and the first recovery steps live). Two kinds of points:
   BUDGET["steps"] steps of BUDGET["batch_size"] × 256 Brown-train tokens, perplexity at
   BUDGET["eval_steps"] on the first BUDGET["eval_tokens"] test tokens.
 
-The budget (6 steps × 2 × 256 tokens = 3,072 training tokens per curve, perplexity on the first 2,048
-test tokens) is sized for a 2-core CPU that other jobs are using too. The points the chapter
-quotes first come first; each point is written to the file as soon as it finishes, and a rerun
-skips the points already there (``--redo`` re-measures them). Every recovery point stores the
-budget it was measured with.
+The budget is one for every curve: 40 AdamW steps × 4 windows × 256 Brown-train tokens = 40,960
+training tokens, perplexity on the first 4,096 test tokens at steps 0, 5, 10, 20 and 40. On 2 idle
+CPU cores a step of full fine-tuning takes about 10 s and one of masked LoRA about 8 s, so the whole
+file takes about 40 minutes. Each point is written to the file as soon as it finishes (a recovery
+curve after each evaluation), and a rerun skips the points already there that were measured with
+this budget (``--redo`` re-measures them all). Every recovery point, and the recorded first steps of
+the OWL point the chapter re-runs, stores the budget it was measured with.
 
     .venv/bin/python benchmarks/recovery.py [--only owl|recovery] [--redo]
 """
@@ -36,24 +38,32 @@ NAME = "recovery_smollm2"
 PROTOCOL = dict(model="smollm2-135m", calib="brown", nsamples=32, seqlen=256, seed=0,
                 eval_tokens=sparselib.EVAL_TOKENS, eval_seqlen=sparselib.EVAL_SEQLEN)
 OWL = dict(M=OWL_M, lam=OWL_LAMBDA, rule="paper", statistics="Wanda scores of the dense model, same calib")
-BUDGET = dict(steps=6, batch_size=2, train_seqlen=256, train_seed=1, lr_full=2e-4, lr_lora=2e-3,
-              lora_rank=16, warmup=1, eval_steps=[0, 3, 6], eval_tokens=2048, live_steps=3)
-POINTS = [
+BUDGET = dict(steps=40, batch_size=4, train_seqlen=256, train_seed=1, lr_full=2e-4, lr_lora=2e-3,
+              lora_rank=16, warmup=4, eval_steps=[0, 5, 10, 20, 40], eval_tokens=4096, live_steps=3)
+POINTS = [  # the cheap OWL points first (about a minute each), then the curves (about 8 minutes each)
     ("owl", "wanda", 0.7),
-    ("recovery", "wanda", "2:4", "full"),
-    ("recovery", "wanda", "2:4", "lora"),
     ("owl", "sparsegpt", 0.7),
-    ("recovery", "wanda", 0.7, "full"),
-    ("recovery", "sparsegpt", "2:4", "full"),
     ("owl", "wanda", 0.6),
     ("owl", "sparsegpt", 0.6),
     ("owl", "wanda", 0.5),
     ("owl", "sparsegpt", 0.5),
+    ("recovery", "wanda", "2:4", "full"),
+    ("recovery", "wanda", "2:4", "lora"),
+    ("recovery", "sparsegpt", "2:4", "full"),
+    ("recovery", "wanda", 0.7, "full"),
 ]
 
 
 def key(point) -> str:
     return "|".join(str(p) for p in point)
+
+
+def is_current(point) -> bool:
+    """A recorded point a rerun keeps: complete, and measured with this BUDGET where it used one."""
+    if point is None or not point.get("complete", True):
+        return False
+    budget = point.get("budget", point.get("first_steps", {}).get("budget", BUDGET))
+    return budget == BUDGET
 
 
 def peak_rss_gb() -> float:
@@ -104,7 +114,7 @@ def run_recovery(model, dense, calib, tok, result, method, pattern, mode, save):
     def callback(step, m, loss):
         if step in BUDGET["eval_steps"]:
             evaluate(step)
-            point.update(curve=evals, complete=False)
+            point.update(curve=evals, budget=BUDGET, complete=False)
             result["points"][key(("recovery", method, pattern, mode))] = point
             save()  # a partial curve is kept for inspection; a rerun redoes it
 
@@ -166,8 +176,7 @@ def main():
     for point in POINTS:
         if args.only and point[0] != args.only:
             continue
-        old = result["points"].get(key(point))
-        if old is not None and old.get("complete", True) and not args.redo:
+        if is_current(result["points"].get(key(point))) and not args.redo:
             continue
         print(key(point), flush=True)
         if point[0] == "owl":

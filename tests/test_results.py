@@ -31,3 +31,33 @@ def test_check_agreement():
 def test_unknown_result_lists_the_available_ones():
     with pytest.raises(ValueError, match="benchmarks/"):
         sparselib.load_result("no-such-result")
+
+
+def _recovery_benchmark():
+    import importlib.util
+    path = results.RESULTS_DIR.parents[1] / "benchmarks" / "recovery.py"
+    spec = importlib.util.spec_from_file_location("recovery_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_recovery_results_hold_every_point_of_the_benchmark_at_its_budget():
+    bench = _recovery_benchmark()
+    rec = sparselib.load_result("recovery_smollm2")
+    assert rec["budget"] == bench.BUDGET and rec["provenance"]["protocol"] == bench.PROTOCOL
+    sizes = rec["layer_sizes"]
+    for point in bench.POINTS:
+        p = rec["points"][bench.key(point)]
+        assert bench.is_current(p), f"{bench.key(point)} is partial or from another budget: rerun the benchmark"
+        if point[0] == "owl":
+            targets = p["layer_targets"]
+            mean = sum(s * n for s, n in zip(targets, sizes)) / sum(sizes)
+            assert abs(mean - point[2]) < 1e-9 and max(abs(s - point[2]) for s in targets) <= rec["owl"]["lam"] + 1e-9
+            assert abs(p["achieved_sparsity"] - point[2]) < 1e-3
+        else:
+            assert [c["step"] for c in p["curve"]] == bench.BUDGET["eval_steps"]
+            assert p["achieved_sparsity"] == p["pruned_sparsity"]   # the masks held through training
+            assert len(p["losses"]) == bench.BUDGET["steps"]
+    first = rec["points"]["owl|wanda|0.7"]["first_steps"]
+    assert first["budget"] == bench.BUDGET and len(first["losses"]) == bench.BUDGET["live_steps"]
