@@ -17,12 +17,14 @@ The mask of every decoder-layer linear is read off its zeros before the first st
 Embeddings, norms and ``lm_head`` stay frozen. AdamW, linear warm-up then a cosine schedule to zero.
 Deterministic for a given ``seed`` on a given machine (batches are taken in order).
 
-Memory, measured on CPU for SmolLM2-135M in fp32 with batches of 2 × 256 tokens: full fine-tuning
-peaked at about 3.5 GB resident for the whole process (read with ``ps`` during training): the
-weights (0.5 GB), the gradients and AdamW's two moments of the ~106 M decoder-linear weights
-(3 × 0.42 GB), activations and the logits over the 49k-token vocabulary. Masked LoRA of rank 16
-trains ~4.9 M parameters instead, so the gradient and optimizer state nearly vanish; activations
-remain. ``benchmarks/recovery.py`` records the peak resident memory of its runs (``peak_rss_gb``).
+Memory (``benchmarks/recovery_memory.py --record`` → ``sparselib/results/recovery_memory_smollm2.json``;
+2026-12-02, 2-thread AMD EPYC, torch 2.13.0+cpu): SmolLM2-135M in fp32, batches of 4 × 256 tokens,
+each mode in a fresh process. Full fine-tuning peaked at 5.8 GB resident (1.4 GB after loading and
+pruning): gradients and AdamW's two moments of the ~106 M decoder-linear weights (3 × 0.42 GB),
+activations, and the logits over the 49k-token vocabulary. Masked LoRA of rank 16 trains ~4.9 M
+parameters, yet peaked at 5.9 GB: the mask makes the update ``(s·B A) ⊙ keep`` full-rank, so each
+linear's full-size weight is formed in every forward and kept for the backward pass. A plain LoRA
+saves memory by never forming ``B A``; a masked one cannot take that short cut.
 """
 from __future__ import annotations
 
