@@ -13,7 +13,7 @@ import importlib
 
 from .calibration import LinearStats, capture_inputs, layerwise, module_inputs
 from .data import calibration_data, load_text, test_data
-from .eval import EVAL_SEQLEN, EVAL_TOKENS, forward_times, perplexity
+from .eval import EVAL_SEQLEN, EVAL_TOKENS, PROMPT, forward_times, generate_text, perplexity
 from .format24 import Compressed24, compress_24, decompress_24, nm_storage_bytes, storage_bytes
 from .masks import (Pattern, is_nm, mask_for, nm_mask, nm_violations, parse_sparsity, sparsity,
                     structured_mask, unstructured_mask)

@@ -75,3 +75,27 @@ def forward_times(models: dict, ids: torch.Tensor, repeats: int = 5, threads: in
         torch.set_num_threads(before)
     return {"wall_ms": {n: statistics.median(v) for n, v in wall.items()},
             "cpu_ms": {n: statistics.median(v) for n, v in cpu.items()}}
+
+
+#: The prompt chapter 0 lets the model complete; the pruning chapters complete it again after pruning.
+PROMPT = "The capital of France is"
+
+
+@torch.no_grad()
+def generate_text(model, tokenizer, prompt: str = PROMPT, max_new_tokens: int = 15) -> str:
+    """The greedy continuation of ``prompt`` (the new text only, special tokens dropped).
+
+    Greedy decoding with a fixed token budget, so the same model gives the same text every time and
+    two models (dense and pruned) can be compared token for token."""
+    if not isinstance(prompt, str) or not prompt:
+        raise TypeError("prompt must be a non-empty str, e.g. sparselib.PROMPT")
+    check_int(max_new_tokens, "max_new_tokens", 1)
+    inputs = tokenizer(prompt, return_tensors="pt").to(model_device(model))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    was_training = model.training
+    model.eval()
+    try:
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+    finally:
+        model.train(was_training)
+    return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)

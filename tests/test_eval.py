@@ -41,3 +41,38 @@ def test_forward_times_reports_every_model_and_restores_threads():
     assert torch.get_num_threads() == threads
     with pytest.raises(ValueError, match="repeats must be at least 1"):
         forward_times(models, torch.zeros(1, 8, dtype=torch.long), repeats=0)
+
+
+class _CharTokenizer:
+    """A stand-in tokenizer: one token per byte of the text (ids < 128), no special tokens."""
+    pad_token_id, eos_token_id = None, 0
+
+    def __call__(self, text, return_tensors="pt"):
+        from transformers import BatchEncoding
+        ids = torch.tensor([[ord(c) % 128 for c in text]])
+        return BatchEncoding({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(int(i)) for i in ids)
+
+
+def test_generate_text_is_the_greedy_continuation_and_leaves_the_mode():
+    model, tok = tiny_llama(), _CharTokenizer()
+    model.generation_config.eos_token_id = None  # never stop early: the hand loop below does not
+    model.train()
+    text = sparselib.generate_text(model, tok, "abc", max_new_tokens=5)
+    assert model.training  # restored
+    ids = tok("abc")["input_ids"]
+    with torch.no_grad():  # greedy by hand: argmax of the last position, appended, 5 times
+        model.eval()
+        for _ in range(5):
+            ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert text == tok.decode(ids[0, 3:]) and len(text) == 5
+    assert sparselib.generate_text(model, tok, "abc", max_new_tokens=5) == text
+
+
+@pytest.mark.parametrize("prompt, tokens, error", [("", 5, TypeError), (3, 5, TypeError), ("a", 0, ValueError),
+                                                   ("a", 1.5, TypeError)])
+def test_generate_text_bad_input(prompt, tokens, error):
+    with pytest.raises(error):
+        sparselib.generate_text(tiny_llama(), _CharTokenizer(), prompt, max_new_tokens=tokens)
