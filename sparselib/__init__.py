@@ -12,7 +12,9 @@ checkers, quizzes, the visualizer, recorded results). Its names are still reacha
 import importlib
 
 from .calibration import LinearStats, capture_inputs, layerwise, module_inputs
+from .checkpoint24 import load_24, save_24
 from .data import calibration_data, load_text, test_data
+from .export import save_compressed
 from .eval import EVAL_SEQLEN, EVAL_TOKENS, PROMPT, forward_times, generate_text, perplexity
 from .format24 import Compressed24, compress_24, decompress_24, nm_storage_bytes, storage_bytes
 from .masks import (Pattern, is_nm, mask_for, nm_mask, nm_violations, parse_sparsity, sparsity,
@@ -21,6 +23,7 @@ from .models import (ADAPTERS, OFFLINE_MODEL, adapter_for, decoder_layers, layer
                      weight_of)
 from .owl import layer_outlier_ratios, owl_layer_sparsity, owl_sparsities
 from .prune import METHODS, PruneReport, model_sparsity, prune
+from .quantize import QuantReport, QuantSpec, QuantState, quant_state, quantize
 from .recovery import RecoveryReport, merge_lora, recover
 from .scores import input_norms, magnitude_scores, relative_error, wanda_scores
 from .semistructured import (FastPathUnavailable, SparseKernelsUnavailable, SparseLinear24,
@@ -29,6 +32,7 @@ from .slicegpt import SliceReport, slice_model
 from .sliced_checkpoint import load_sliced, register_sliced, save_sliced
 from .sliced_checkpoint import register_when_transformers_loads as _register_when_transformers_loads
 from .sparsegpt import sparsegpt_prune, sparsegpt_prune_shared
+from .storage import SCHEMES, Storage, matrix_bytes, model_bytes
 from .version import __version__
 
 # AutoModelForCausalLM.from_pretrained loads a SliceGPT checkpoint after `import sparselib`: the sliced

@@ -291,3 +291,47 @@ def check_hub_id(repo_id: str, fix: str) -> None:
         return
     raise ValueError(f"model {repo_id!r} is neither a local directory nor in the local Hugging Face cache, and the "
                      f"Hub cannot be reached (offline); {fix}")
+
+
+# --------------------------------------------------------------------------------------------
+# Quantization (sparselib.quantize, prune(..., wbits=), the command line's --wbits/--group-size)
+# --------------------------------------------------------------------------------------------
+#: Weight-only integer grids sparselib writes (compressed-tensors' pack-quantized format holds them).
+QUANT_BITS = (2, 3, 4, 8)
+
+
+def check_bits(bits, name: str = "bits") -> int:
+    if isinstance(bits, bool) or not isinstance(bits, int):
+        raise TypeError(f"{name} must be an int, one of {', '.join(map(str, QUANT_BITS))}; not {bits!r}")
+    if bits not in QUANT_BITS:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, QUANT_BITS))} (weight-only integer grids), "
+                         f"got {bits}")
+    return bits
+
+
+def check_group_size(group_size, in_features: int | None = None, where: str = "W",
+                     name: str = "group_size") -> int | None:
+    """Inputs per quantization grid: None (one grid per output row) or an int >= 1 that divides
+    ``in_features`` (when given)."""
+    if group_size is None:
+        return None
+    check_int(group_size, name, 1)
+    if in_features is not None and in_features % group_size:
+        raise ValueError(f"{name} {group_size} does not divide {where}'s in_features ({in_features}); "
+                         f"choose a divisor (e.g. 32, 64, 128) or no groups (one grid per output row)")
+    return group_size
+
+
+def check_flag(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, not {value!r}")
+    return value
+
+
+def check_positive(value, name: str) -> float:
+    """A finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a positive number, not {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    return float(value)

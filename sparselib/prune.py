@@ -17,12 +17,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .calibration import LinearStats, layerwise
-from .checks import check_choice, check_token_ids, check_weights, max_positions
+from .checks import check_choice, check_int, check_positive, check_token_ids, check_weights, max_positions
 from .masks import Pattern, mask_for, parse_sparsity
 from .models import adapter_for, decoder_layers, layer_linears, set_weight, weight_of
 from .owl import resolve_layer_sparsity
+from .quantize import (QUANT_ATTR, QuantRecord, QuantReport, QuantSpec, check_group_size, make_spec, rtn,
+                       weight_error)
 from .scores import magnitude_scores, wanda_scores
-from .sparsegpt import _prune_shared_prechecked
+from .sparsegpt import _prune_shared_prechecked, column_sweep
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +41,13 @@ def _wanda(W: torch.Tensor, stats: LinearStats, pattern: Pattern, per: str = "ro
 
 
 def _sparsegpt(Ws: list[torch.Tensor], stats: LinearStats, pattern: Pattern, blocksize: int = 128,
-               percdamp: float = 0.01):
-    # takes every linear that reads the same input at once: they share H (see sparsegpt_prune_shared)
+               percdamp: float = 0.01, quant: QuantSpec | None = None):
+    # takes every linear that reads the same input at once: they share H (see sparsegpt_prune_shared);
+    # with quant, each kept weight is rounded in the same sweep (the paper's joint mode)
     nm = dict(n=pattern.n, m=pattern.m) if pattern.is_nm else dict(sparsity=pattern.sparsity)
     # prune() checked every weight before the first layer, and LinearStats.H is symmetric by construction
-    return [W for W, _ in _prune_shared_prechecked(Ws, stats.H, blocksize=blocksize, percdamp=percdamp, **nm)]
+    return [(W, state) for W, _, state in _prune_shared_prechecked(Ws, stats.H, blocksize=blocksize,
+                                                                   percdamp=percdamp, quant=quant, **nm)]
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,7 @@ class Method:
     calibration: bool  # needs calibration data
     hessian: bool      # needs H = 2XᵀX (not just the per-channel norms)
     options: tuple[str, ...]
-    shared: bool = False  # fn takes a list of the linears that read one input, returns a list
+    shared: bool = False  # fn takes a list of the linears that read one input, returns [(W, QuantState)]
 
 
 METHODS: dict[str, Method] = {
@@ -116,9 +120,14 @@ class PruneReport:
 # --------------------------------------------------------------------------------------------
 # Validation: everything is checked before the first weight changes
 # --------------------------------------------------------------------------------------------
-def _validate(model, method, pattern, calib, options) -> None:
+def _validate(model, method, pattern, calib, options, quant=None) -> None:
     """Every check, through :mod:`sparselib.checks`, before the first weight changes."""
     check_choice(method, METHODS, "method")
+    if quant is not None:
+        if method != "sparsegpt":
+            raise ValueError(f"wbits= (prune and quantize in one pass) is SparseGPT's joint mode; for {method}, "
+                             f"prune first, then sparselib.quantize(model, bits, calib=calib)")
+        _check_group_size_everywhere(model, quant)
     spec = METHODS[method]
     unknown = set(options) - set(spec.options)
     if unknown:
@@ -134,6 +143,7 @@ def _validate(model, method, pattern, calib, options) -> None:
 
 def prune(model: nn.Module, method: str, sparsity, calib: torch.Tensor | None = None, *,
           layers=None, layer_sparsity=None, batch_size: int = 8, device=None, progress: bool = True,
+          wbits: int | None = None, group_size: int | None = 128, symmetric: bool = True,
           **options) -> PruneReport:
     """Prune ``model`` in place and return a :class:`PruneReport`.
 
@@ -145,35 +155,49 @@ def prune(model: nn.Module, method: str, sparsity, calib: torch.Tensor | None = 
     layers:   indices of the decoder layers to prune (default: all); the others stay dense.
     layer_sparsity: one fraction per decoder layer (size-weighted mean = ``sparsity``), or "owl" for
               OWL's outlier-weighted fractions (:mod:`sparselib.owl`); unstructured only.
+    wbits:    SparseGPT only: also quantize every kept weight to ``wbits`` bits in the same sweep (the
+              paper's joint mode), with ``group_size`` inputs per grid (None: one per row) and
+              ``symmetric`` grids, as :func:`sparselib.quantize` does.
     options:  the method's own: magnitude/wanda ``per="matrix"|"row"``; sparsegpt ``blocksize``,
               ``percdamp``.
     Bad input raises ValueError/TypeError before any weight changes.
     """
     pattern = parse_sparsity(sparsity)
-    _validate(model, method, pattern, calib, options)
+    quant = None if wbits is None else make_spec(wbits, group_size, symmetric, weight_dtype=_linear_dtype(model))
+    _validate(model, method, pattern, calib, options, quant)
     selected = _selected(layers, len(decoder_layers(model)))
     per_layer = None if layer_sparsity is None else resolve_layer_sparsity(
         model, method, pattern, calib, layer_sparsity, layers, batch_size=batch_size, device=device)
     spec = METHODS[method]
     report = PruneReport(method, str(pattern), dict(options), layer_targets=per_layer)
+    if quant is not None:
+        report.options.update(wbits=quant.bits, group_size=quant.group_size, symmetric=quant.symmetric)
+        options = dict(options, quant=quant)
     start = time.perf_counter()
-    layers = decoder_layers(model)
-    if spec.calibration:
-        walk = layerwise(model, calib, hessian=spec.hessian, batch_size=batch_size, device=device,
-                         only=selected)
-    else:
-        walk = ((i, layer, layer_linears(layer), {}) for i, layer in enumerate(layers))
-    for index, layer, linears, stats in tqdm(walk, total=len(layers), desc=f"{method} {pattern}",
-                                             disable=not progress):
-        if index not in selected:
-            continue
+    for index, linears, stats in _walk(model, calib, spec.calibration, spec.hessian, spec.shared, selected,
+                                       batch_size, device, progress, f"{method} {pattern}"):
         layer_pattern = pattern if per_layer is None else parse_sparsity(per_layer[index])
-        for names in _groups(linears, stats, spec.shared):
-            report.records += _prune_group(spec, index, {n: linears[n] for n in names}, stats.get(names[0]),
-                                           layer_pattern, device, options)
+        report.records += _prune_group(spec, index, linears, stats, layer_pattern, device, options)
     report.seconds = time.perf_counter() - start
     log.info("%s %s: %.2f%% zeros in %.1f s", method, pattern, 100 * report.sparsity, report.seconds)
     return report
+
+
+def _walk(model, calib, calibration: bool, hessian: bool, shared: bool, selected: set[int], batch_size,
+          device, progress: bool, desc: str):
+    """The one layer-by-layer walk of every method (pruning and quantization): yields
+    ``(layer index, {name: linear} of one group, the group's statistics or None)`` for the selected
+    layers. A group is one linear, or with ``shared`` all linears that read one input (q/k/v, gate/up)."""
+    layers = decoder_layers(model)
+    if calibration:
+        walk = layerwise(model, calib, hessian=hessian, batch_size=batch_size, device=device, only=selected)
+    else:
+        walk = ((i, layer, layer_linears(layer), {}) for i, layer in enumerate(layers))
+    for index, layer, linears, stats in tqdm(walk, total=len(layers), desc=desc, disable=not progress):
+        if index not in selected:
+            continue
+        for names in _groups(linears, stats, shared):
+            yield index, {n: linears[n] for n in names}, stats.get(names[0])
 
 
 def _selected(layers, count: int) -> set[int]:
@@ -193,11 +217,12 @@ def _prune_group(spec: Method, index: int, linears: dict, stats, pattern: Patter
     Ws = [weight_of(module) for module in linears.values()]
     if device is not None:
         Ws = [W.to(device) for W in Ws]
-    new = spec.fn(Ws, stats, pattern, **options) if spec.shared else [spec.fn(Ws[0], stats, pattern, **options)]
+    new = spec.fn(Ws, stats, pattern, **options) if spec.shared else [(spec.fn(Ws[0], stats, pattern, **options), None)]
     seconds = (time.perf_counter() - t) / sum(W.numel() for W in Ws)  # shared time, by size
     records = []
-    for (name, module), W, W_new in zip(linears.items(), Ws, new):
+    for (name, module), W, (W_new, state) in zip(linears.items(), Ws, new):
         set_weight(module, W_new, adopt=True)  # every method returns a fresh tensor
+        remember_grid(module, state)
         zeros = (weight_of(module) == 0).sum().item() / W.numel()
         records.append(LinearRecord(index, name, tuple(W.shape), zeros, seconds * W.numel()))
     return records
@@ -223,3 +248,68 @@ def model_sparsity(model: nn.Module) -> float:
             zeros += (W == 0).sum().item()
             total += W.numel()
     return zeros / total if total else math.nan
+
+
+# --------------------------------------------------------------------------------------------
+# Quantization (sparselib.quantize): the same walk, rounding instead of pruning
+# --------------------------------------------------------------------------------------------
+def remember_grid(module: nn.Module, state) -> None:
+    """Keep a quantized linear's grid on the module (for exporters); forget a stale one."""
+    if state is not None:
+        setattr(module, QUANT_ATTR, state)
+    elif hasattr(module, QUANT_ATTR):
+        delattr(module, QUANT_ATTR)  # new weights: the old grid no longer describes them
+
+
+def _linear_dtype(model) -> torch.dtype:
+    adapter_for(model)
+    for layer in decoder_layers(model):
+        for module in layer_linears(layer).values():
+            return weight_of(module).dtype
+    return torch.float32
+
+
+def _check_group_size_everywhere(model, quant: QuantSpec) -> None:
+    for i, layer in enumerate(decoder_layers(model)):
+        for name, module in layer_linears(layer).items():
+            check_group_size(weight_of(module).shape[1], quant, f"layer {i} {name}")
+
+
+def quantize_model(model, *, bits, group_size, symmetric, method, calib, act_order, static_groups, scale_dtype,
+                   blocksize, percdamp, layers, batch_size, device, progress) -> QuantReport:
+    """:func:`sparselib.quantize` (its docstring): checks first, then the layer walk."""
+    check_choice(method, ("rtn", "gptq"), "method", " (quantization: 'rtn' needs no data, 'gptq' needs calib)")
+    quant = make_spec(bits, group_size, symmetric, scale_dtype, act_order, static_groups,
+                      weight_dtype=_linear_dtype(model))
+    if method == "rtn" and (act_order or static_groups):
+        raise ValueError("act_order and static_groups are GPTQ options; RTN rounds each weight on its own")
+    _check_group_size_everywhere(model, quant)
+    check_weights(model, None)
+    if method == "gptq":
+        if calib is None:
+            raise ValueError("method='gptq' needs calib: sparselib.calibration_data(tokenizer)")
+        check_token_ids(calib, getattr(model.config, "vocab_size", None), max_positions(model.config))
+        check_int(blocksize, "blocksize", 1)
+        check_positive(percdamp, "percdamp")
+    selected = _selected(layers, len(decoder_layers(model)))
+    report = QuantReport(method, quant)
+    start = time.perf_counter()
+    gptq = method == "gptq"
+    for index, linears, stats in _walk(model, calib, gptq, gptq, gptq, selected, batch_size, device,
+                                       progress, f"{method} {quant}"):
+        t = time.perf_counter()
+        Ws = [weight_of(m) if device is None else weight_of(m).to(device) for m in linears.values()]
+        if gptq:  # zeros stay zeros: a pruned model keeps its pattern
+            new = [(W, s) for W, _, s in column_sweep(Ws, stats.H, blocksize=blocksize, percdamp=percdamp,
+                                                      quant=quant, keep=[W != 0 for W in Ws])]
+        else:
+            new = [rtn(W, quant) for W in Ws]
+        seconds = (time.perf_counter() - t) / sum(W.numel() for W in Ws)
+        for (name, module), W, (W_new, state) in zip(linears.items(), Ws, new):
+            error = weight_error(W, W_new)
+            set_weight(module, W_new.to(W.dtype), adopt=True)
+            remember_grid(module, state)
+            report.records.append(QuantRecord(index, name, tuple(W.shape), error, seconds * W.numel()))
+    report.seconds = time.perf_counter() - start
+    log.info("%s", report)
+    return report

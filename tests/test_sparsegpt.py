@@ -191,7 +191,7 @@ def test_prunes_prechecked_entry_equals_the_public_one(pattern):
     _, _, H = correlated_problem(5)
     g = torch.Generator().manual_seed(5)
     Ws = [torch.randn(32, 128, generator=g), torch.randn(16, 128, generator=g)]
-    for (W_a, keep_a), (W_b, keep_b) in zip(_prune_shared_prechecked(Ws, H, blocksize=64, **pattern),
+    for (W_a, keep_a, _), (W_b, keep_b) in zip(_prune_shared_prechecked(Ws, H, blocksize=64, **pattern),
                                             sparsegpt_prune_shared(Ws, H, blocksize=64, **pattern)):
         assert torch.equal(W_a, W_b) and torch.equal(keep_a, keep_b)
     with pytest.raises(ValueError, match="not both"):
