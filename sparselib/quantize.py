@@ -8,7 +8,9 @@ row) is the set ``{s · (k − z) : k = 0 … 2^b − 1}``. Its range is stretch
     symmetric    xmax ← max(|xmin|, xmax),  s = 2·xmax / (2^b − 1),  z = 2^(b−1)
     Q(w)       = s · (clamp(round(w / s) + z, 0, 2^b − 1) − z)
 
-This is the quantizer of the IST-DASLab ``gptq`` reference. The ``compressed-tensors`` format stores
+This is the quantizer of the IST-DASLab ``gptq`` reference, corner cases included (an all-zero row
+gets the range [−1, 1]; a symmetric row with no negative weight keeps ``xmin = 0``, so its grid tops
+out at 7/15 of ``xmax`` — no group of 32 in SmolLM2's weights is like that). The ``compressed-tensors`` format stores
 the same grid with signed codes ``k − 2^(b−1)``; ``s`` is rounded to the dtype it is stored in
 (``scale_dtype``, float16 unless the weights are bfloat16) *before* the codes are chosen, so the weights
 sparselib keeps are exactly what a reader of the checkpoint decodes.
