@@ -253,17 +253,25 @@ class CuSparseLtKernel24(Kernel24):
     """NVIDIA cuSPARSELt through ``torch._cslt_sparse_mm`` (sm_90 and later; also sm_8x).
 
     ``W`` is compressed once (``torch._cslt_compress``: values and metadata in one buffer). Each call
-    multiplies ``W`` by ``Xᵀ``. With ``fused_transpose=True`` cuSPARSELt writes the result already as
-    ``[tokens, out]`` (``transpose_result=True``); with False it writes ``[out, tokens]`` and one copy
-    makes it ``[tokens, out]``. Either way the output is contiguous, so the attention that reads q, k
-    and v keeps its fused kernels. (PyTorch's own ``F.linear`` on the tensor subclass returned the
-    transposed view instead, in torch 2.11.)
+    multiplies ``W`` by ``Xᵀ``. With ``fused_transpose=False`` (the default) cuSPARSELt writes
+    ``[out, tokens]`` and one copy makes it ``[tokens, out]``; with True it writes the result already as
+    ``[tokens, out]`` (``transpose_result=True``). Either way the output is contiguous, so the attention
+    that reads q, k and v keeps its fused kernels. (PyTorch's own ``F.linear`` on the tensor subclass
+    returned the transposed view instead, in torch 2.11.)
+
+    Why the copy is the default: the one recorded GPU run (H200, torch 2.11) could not finish a
+    7B-shaped forward within 100 s with the fused transpose (through the tensor subclass's
+    ``_FUSE_TRANSPOSE``), while the non-fused layout finished every shape it was given. The fused mode
+    stays available, and ``benchmarks/semi_structured.py`` measures both (each in its own subprocess,
+    so a hang costs one part); the default changes only when a recorded run shows the fused mode
+    finishing and faster. ``alg_id``: cuSPARSELt's algorithm (0 = its default; the benchmark also
+    tries the one ``torch._cslt_sparse_mm_search`` picks per shape).
     """
 
     name = "cusparselt"
     device_type = "cuda"
 
-    def __init__(self, fused_transpose: bool = True, alg_id: int = 0):
+    def __init__(self, fused_transpose: bool = False, alg_id: int = 0):
         self.fused_transpose = bool(fused_transpose)
         self.alg_id = int(alg_id)
 

@@ -314,6 +314,73 @@ def test_a_plugged_in_kernel_is_called_with_a_contiguous_2d_input():
 
 
 # --------------------------------------------------------------------------------------------
+# The cuSPARSELt kernel's own logic (padding, output layout, bias), on CPU with the two torch ops
+# emulated as PyTorch documents them: _cslt_sparse_mm(A, B) = A @ B as [out, tokens], or [tokens, out]
+# with transpose_result=True. Only the ops are stand-ins; sparselib's code around them runs as is.
+# --------------------------------------------------------------------------------------------
+CSLT_LIMITS = torch.sparse.SparseSemiStructuredTensorCUSPARSELT._DTYPE_SHAPE_CONSTRAINTS
+
+
+@pytest.fixture
+def fake_cslt(monkeypatch):
+    """Emulate torch._cslt_compress / _cslt_sparse_mm on CPU; returns the list of mm calls and a
+    CuSparseLtKernel24 subclass allowed on CPU."""
+    calls = []
+
+    def compress(W):
+        assert W.is_contiguous() and W.dim() == 2
+        return W.flatten().clone()          # stands in for the packed buffer (values + metadata)
+
+    def sparse_mm(packed, B, bias=None, alpha=None, out_dtype=None, transpose_result=False, alg_id=0,
+                  split_k=1, split_k_mode=-1):
+        limits = CSLT_LIMITS[B.dtype]
+        in_f, tokens = B.shape
+        # the sizes torch's own cuSPARSELt op pads the dense operand to (semi_structured.cusparselt_mm)
+        assert tokens % limits.dense_min_rows == 0 and in_f % limits.dense_min_cols == 0, (in_f, tokens)
+        A = packed.view(-1, in_f)
+        Y = A.float() @ B.float()
+        if bias is not None:
+            Y = Y + bias.float()[:, None]
+        calls.append({"B": tuple(B.shape), "transpose_result": transpose_result, "alg_id": alg_id})
+        Y = Y.to(B.dtype)
+        return Y.t().contiguous() if transpose_result else Y
+
+    monkeypatch.setattr(torch, "_cslt_compress", compress)
+    monkeypatch.setattr(torch, "_cslt_sparse_mm", sparse_mm)
+
+    class CpuCuSparseLt(sparselib.semistructured.CuSparseLtKernel24):
+        device_type = None
+
+    return calls, CpuCuSparseLt
+
+
+def test_cusparselt_default_is_the_non_fused_layout_the_recorded_run_finished():
+    """The recorded H200 run could not finish a 7B forward with the fused transpose: not the default."""
+    kernel = sparselib.semistructured._kernel("cusparselt")
+    assert kernel.fused_transpose is False and kernel.alg_id == 0
+    assert sparselib.semistructured.CuSparseLtKernel24().fused_transpose is False
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("lead", [(1,), (5,), (16, 1), (3, 17), (64,)])
+def test_cusparselt_kernel_pads_tokens_and_returns_tokens_by_out(fake_cslt, fused, bias, lead):
+    calls, Kernel = fake_cslt
+    W = random_24(48, 64, torch.float16)
+    b = torch.randn(48).half() if bias else None
+    layer, ref = SparseLinear24(W, b, Kernel(fused_transpose=fused)), SparseLinear24(W, b)
+    X = torch.randn(*lead, 64).half()
+    with torch.inference_mode():
+        Y = layer(X)
+        want = ref(X)
+    tokens = X.numel() // 64
+    padded = -(-tokens // CSLT_LIMITS[torch.float16].dense_min_rows) * CSLT_LIMITS[torch.float16].dense_min_rows
+    assert calls == [{"B": (64, padded), "transpose_result": fused, "alg_id": 0}]
+    assert Y.shape == (*lead, 48) and Y.is_contiguous()
+    torch.testing.assert_close(Y, want, rtol=2e-3, atol=2e-3)
+
+
+# --------------------------------------------------------------------------------------------
 # to_semi_structured with the reference kernel: a tiny real-architecture model, converted on CPU
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("make", [tiny_llama, tiny_opt], ids=["llama", "opt"])
