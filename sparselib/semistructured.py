@@ -546,37 +546,129 @@ def _map_tensors(fn, obj):
     return obj
 
 
+_PLAIN = (bool, int, float, str, type(None), torch.dtype, torch.device)
+
+
 def _signature(args, kwargs):
-    """What a captured graph is specialised to: every tensor's shape, dtype and device; other values."""
+    """What a captured graph is specialised to: every tensor's shape, dtype and device; plain values
+    (ints, bools, strings...) by value; any other object (a static KV cache) by identity, since the
+    graph reads and writes that object's own buffers."""
     def key(v):
         if isinstance(v, torch.Tensor):
             return ("tensor", tuple(v.shape), v.dtype, v.device)
-        return ("value", repr(v))
+        if isinstance(v, _PLAIN):
+            return ("value", repr(v))
+        return ("object", type(v).__qualname__, id(v))
     return tuple(key(v) for v in args) + tuple((k, key(v)) for k, v in sorted(kwargs.items()))
 
 
-class GraphedModel:
-    """The callable :func:`fast_inference` returns: replays a CUDA graph per input signature.
+def _describe(signature) -> str:
+    """A signature as a reader wants it: ``input_ids: [2, 16] int64, use_cache=False``."""
+    def one(v):
+        if v[0] == "tensor":
+            return f"[{', '.join(map(str, v[1]))}] {str(v[2]).replace('torch.', '')} on {v[3]}"
+        return v[1] if v[0] == "value" else f"{v[1]} object"
+    parts = []
+    for item in signature:
+        if isinstance(item[0], str) and item[0] in ("tensor", "value", "object"):
+            parts.append(one(item))
+        else:
+            parts.append(f"{item[0]}={one(item[1])}" if item[1][0] != "tensor" else f"{item[0]}: {one(item[1])}")
+    return ", ".join(parts)
 
-    ``captures`` lists, per graph: its input signature, the capture time in seconds and the GPU memory
-    it holds (``memory_bytes``: the growth of reserved memory while capturing, which the graph keeps).
-    ``eager_calls`` counts the calls that fell back to the eager model.
+
+def _refuse_dynamic(kwargs) -> None:
+    """A graph replays fixed shapes: a KV cache that grows (Hugging Face's DynamicCache, or the one a
+    model builds for ``use_cache=True``) cannot live in it. A static cache can (its buffers are fixed)."""
+    caches = [k for k, v in kwargs.items() if hasattr(v, "is_compileable")]
+    for k in caches:
+        if not kwargs[k].is_compileable:
+            raise ValueError(f"{k} is a {type(kwargs[k]).__name__}, a KV cache that grows with every token; a "
+                             f"CUDA graph replays fixed shapes. Pass a transformers StaticCache (and "
+                             f"cache_position) for decoding, or no cache")
+    if kwargs.get("use_cache") is True and not caches:
+        raise ValueError("use_cache=True without a static KV cache makes the model build a growing cache "
+                         "inside the graph; pass use_cache=False, or a transformers StaticCache")
+
+
+class GraphedModel:
+    """The callable :func:`fast_inference` returns: replays the CUDA graph captured for its inputs.
+
+    A graph is captured for one input signature (each tensor's shape, dtype and device; each other
+    argument's value; a static KV cache by identity), after ``defaults`` (e.g. ``use_cache=False``)
+    are applied to the call. A call with another signature raises ValueError naming the captured
+    ones: capturing in the middle of serving would allocate memory, take seconds and run cuSPARSELt's
+    set-up inside the capture. Capture more signatures up front with :meth:`capture` (at most
+    ``max_graphs``). ``captures`` lists, per graph: its signature, the capture time in seconds and the
+    GPU memory it holds (``memory_bytes``: the growth of reserved memory while capturing).
     """
 
-    def __init__(self, module: nn.Module, warmup: int, max_graphs: int, clone_outputs: bool):
+    def __init__(self, module: nn.Module, warmup: int, max_graphs: int, clone_outputs: bool,
+                 defaults: dict | None = None):
         self.module, self.warmup, self.max_graphs, self.clone_outputs = module, warmup, max_graphs, clone_outputs
-        self.graphs, self.captures, self.eager_calls = {}, [], 0
+        self.defaults = dict(defaults or {})
+        self.graphs, self.captures = {}, []
+        params = inspect.signature(module.forward).parameters.values()
+        self._names = [p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+
+    def _inputs(self, args, kwargs):
+        """The call as the graph sees it: positional inputs named (``model(ids)`` and
+        ``model(input_ids=ids)`` are one call), the defaults applied, dynamic caches refused."""
+        if len(args) <= len(self._names):
+            named = dict(zip(self._names, args))
+            both = sorted(set(named) & set(kwargs))
+            if both:
+                raise TypeError(f"got multiple values for {both[0]!r}")
+            args, kwargs = (), {**named, **kwargs}
+        kwargs = {**self.defaults, **kwargs}
+        _refuse_dynamic(kwargs)
+        return tuple(args), kwargs
+
+    def _entry(self, args, kwargs):
+        sig = _signature(args, kwargs)
+        if sig not in self.graphs:
+            captured = "; ".join(f"({_describe(s)})" for s in self.graphs) or "none"
+            raise ValueError(
+                f"no CUDA graph was captured for these inputs ({_describe(sig)}); captured: {captured}. A graph "
+                f"replays fixed shapes: pad the inputs to a captured shape, capture this one first with "
+                f".capture(...) (at most max_graphs={self.max_graphs}), or call the module directly")
+        return self.graphs[sig]
 
     def capture(self, *args, **kwargs) -> dict:
-        """Capture a graph for this input signature (done by the first call with it)."""
+        """Capture a graph for these inputs' signature; returns its entry of :attr:`captures`."""
+        args, kwargs = self._inputs(args, kwargs)
+        sig = _signature(args, kwargs)
+        if sig in self.graphs:
+            return next(c for c in self.captures if c["signature"] == sig)
+        if len(self.graphs) >= self.max_graphs:
+            raise ValueError(f"{len(self.graphs)} graphs are captured already (max_graphs={self.max_graphs}), "
+                             f"each holding its own GPU memory; raise max_graphs to capture ({_describe(sig)})")
         static_args = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
         static_kwargs = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+        start = time.perf_counter()
+        replay, static_out, memory = self._record(static_args, static_kwargs)
+        info = {"signature": sig, "capture_s": time.perf_counter() - start, "memory_bytes": memory}
+        self.graphs[sig] = _Captured(replay, static_args, static_kwargs, static_out)
+        self.captures.append(info)
+        log.info("captured a CUDA graph in %.2f s, %.1f MiB, for %s", info["capture_s"], memory / 2**20,
+                 _describe(sig))
+        return info
+
+    def _record(self, static_args, static_kwargs):
+        """Warm up, capture one CUDA graph of the module on these (static) inputs; returns
+        ``(replay, static outputs, bytes of GPU memory the graph holds)``.
+
+        Capture hazards, and how they are met: the warm-up runs off the default stream, as the CUDA
+        graph docs ask, so cuBLAS/cuSPARSELt handles and workspaces are created before capture; inputs
+        are padded to the kernel's token multiple inside the graph (the padding is fixed per shape);
+        SparseLinear24 makes no host sync (no ``.item()``, ``.cpu()`` or data-dependent shape); a growing
+        KV cache is refused before capture (:func:`_refuse_dynamic`)."""
         torch.cuda.synchronize()
-        reserved, start = torch.cuda.memory_reserved(), time.perf_counter()
+        reserved = torch.cuda.memory_reserved()
         with torch.inference_mode():
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up off the default stream, as the CUDA graph docs ask
+            with torch.cuda.stream(side):
                 for _ in range(self.warmup):
                     self.module(*static_args, **static_kwargs)
             torch.cuda.current_stream().wait_stream(side)
@@ -584,39 +676,39 @@ class GraphedModel:
             with torch.cuda.graph(graph):
                 static_out = self.module(*static_args, **static_kwargs)
         torch.cuda.synchronize()
-        info = {"signature": _signature(args, kwargs), "capture_s": time.perf_counter() - start,
-                "memory_bytes": torch.cuda.memory_reserved() - reserved}
-        self.graphs[info["signature"]] = (graph, static_args, static_kwargs, static_out)
-        self.captures.append(info)
-        log.info("captured a CUDA graph in %.2f s, %.1f MiB, for %s", info["capture_s"],
-                 info["memory_bytes"] / 2**20, info["signature"])
-        return info
+        return graph.replay, static_out, torch.cuda.memory_reserved() - reserved
 
     def __call__(self, *args, **kwargs):
-        sig = _signature(args, kwargs)
-        if sig not in self.graphs:
-            if len(self.graphs) >= self.max_graphs:
-                if not self.eager_calls:
-                    log.warning("fast_inference: %d graphs captured already (max_graphs); inputs of a new "
-                                "shape run eagerly: %s", self.max_graphs, sig)
-                self.eager_calls += 1
-                with torch.inference_mode():
-                    return self.module(*args, **kwargs)
-            self.capture(*args, **kwargs)
-        graph, static_args, static_kwargs, static_out = self.graphs[sig]
+        args, kwargs = self._inputs(args, kwargs)
+        entry = self._entry(args, kwargs)
         with torch.inference_mode():
-            for mine, new in zip(static_args, args):
+            for mine, new in zip(entry.args, args):
                 if isinstance(mine, torch.Tensor):
                     mine.copy_(new)
-            for k, mine in static_kwargs.items():
+            for k, mine in entry.kwargs.items():
                 if isinstance(mine, torch.Tensor):
                     mine.copy_(kwargs[k])
-            graph.replay()
-            return _map_tensors(torch.clone, static_out) if self.clone_outputs else static_out
+            entry.replay()
+            return _map_tensors(torch.clone, entry.out) if self.clone_outputs else entry.out
 
-    def replay(self, *args, **kwargs):
-        """Replay the graph for these inputs' signature without copying inputs (for timing)."""
-        self.graphs[_signature(args, kwargs)][0].replay()
+    def replay(self, *args, **kwargs) -> None:
+        """Replay the graph for these inputs' signature without copying the inputs in (for timing)."""
+        self.replayer(*args, **kwargs)()
+
+    def replayer(self, *args, **kwargs):
+        """The bare replay of the graph for these inputs' signature: a callable with no argument,
+        no input copy and no checks, for timing."""
+        args, kwargs = self._inputs(args, kwargs)
+        return self._entry(args, kwargs).replay
+
+
+class _Captured:
+    """One captured graph: its replay, the static inputs it reads and the outputs it writes."""
+
+    __slots__ = ("replay", "args", "kwargs", "out")
+
+    def __init__(self, replay, args, kwargs, out):
+        self.replay, self.args, self.kwargs, self.out = replay, args, kwargs, out
 
 
 def fast_inference(module: nn.Module, example_inputs, *, warmup: int = 3, max_graphs: int = 4,
@@ -625,12 +717,20 @@ def fast_inference(module: nn.Module, example_inputs, *, warmup: int = 3, max_gr
     graphs: the host work of every kernel call — for cuSPARSELt, 0.4–0.8 ms of descriptor and plan
     set-up per matmul — is done once at capture and skipped on every replay.
 
+    Why CUDA graphs: on the recorded H200 run, replaying a graph was the one measured way to remove
+    that per-call cost (one linear went from 0.02–0.2× dense eager to 1.31–1.46× at ≥ 2048 tokens on
+    7B/70B shapes), with no compiler in the loop. ``benchmarks/semi_structured.py`` also measures the
+    alternatives per call (a searched cuSPARSELt ``alg_id``, ``torch.compile`` in "reduce-overhead" and
+    "max-autotune-no-cudagraphs" modes) so that this default is revisited from recorded figures.
+
     example_inputs: a tensor, a tuple of positional tensors, or a dict of keyword arguments (e.g.
     ``{"input_ids": ids}``); a graph is captured for them now. Hugging Face models run with
-    ``use_cache=False`` (a KV cache grows, a graph cannot). Returns a :class:`GraphedModel`: call it
-    like the module. Where it stops working: a graph replays fixed shapes. A call whose inputs differ
-    in shape, dtype or device captures a new graph (up to ``max_graphs``, each holding its own memory),
-    after that it runs eagerly (logged). The outputs are copied out of the graph's buffers
+    ``use_cache=False`` unless a static KV cache is passed (a growing cache cannot live in a graph; a
+    ``DynamicCache`` is refused). Returns a :class:`GraphedModel`: call it like the module, with inputs
+    of a captured signature (the same shapes, dtypes, devices and other arguments; ``use_cache=False``
+    is applied to every call as it was at capture). Other inputs raise ValueError naming the captured
+    signatures rather than capturing on the fly; capture more with ``.capture(...)`` (up to
+    ``max_graphs``, each holding its own memory). The outputs are copied out of the graph's buffers
     (``clone_outputs=False`` returns the buffers, overwritten by the next call). Capture time and
     memory per graph: ``.captures``. Inference only (no autograd).
 
@@ -642,19 +742,8 @@ def fast_inference(module: nn.Module, example_inputs, *, warmup: int = 3, max_gr
     for label, value, low in (("warmup", warmup, 1), ("max_graphs", max_graphs, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{label} must be an int >= {low}, got {value!r}")
-    if isinstance(example_inputs, torch.Tensor):
-        args, kwargs = (example_inputs,), {}
-    elif isinstance(example_inputs, (tuple, list)):
-        args, kwargs = tuple(example_inputs), {}
-    elif isinstance(example_inputs, dict):
-        args, kwargs = (), dict(example_inputs)
-    else:
-        raise TypeError("example_inputs must be a tensor, a tuple of tensors or a dict of keyword arguments, "
-                        f"not {type(example_inputs).__name__}")
+    args, kwargs = _example(example_inputs)
     tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
-    if not tensors:
-        raise ValueError("example_inputs holds no tensor; pass the inputs of one real call, e.g. "
-                         "{'input_ids': ids}")
     try:
         device = model_device(module)
     except StopIteration:
@@ -667,11 +756,35 @@ def fast_inference(module: nn.Module, example_inputs, *, warmup: int = 3, max_gr
     wrong = [t.device for t in tensors if t.device != device]
     if wrong:
         raise ValueError(f"example_inputs are on {wrong[0]} but the module is on {device}; move them first")
-    if "use_cache" in inspect.signature(module.forward).parameters:
-        kwargs.setdefault("use_cache", False)
-    graphed = GraphedModel(module, warmup, max_graphs, clone_outputs)
+    graphed = GraphedModel(module, warmup, max_graphs, clone_outputs, _defaults(module, kwargs))
     graphed.capture(*args, **kwargs)
     return graphed
+
+
+def _example(example_inputs):
+    """``(args, kwargs)`` of :func:`fast_inference`'s example inputs, checked."""
+    if isinstance(example_inputs, torch.Tensor):
+        args, kwargs = (example_inputs,), {}
+    elif isinstance(example_inputs, (tuple, list)):
+        args, kwargs = tuple(example_inputs), {}
+    elif isinstance(example_inputs, dict):
+        args, kwargs = (), dict(example_inputs)
+    else:
+        raise TypeError("example_inputs must be a tensor, a tuple of tensors or a dict of keyword arguments, "
+                        f"not {type(example_inputs).__name__}")
+    if not any(isinstance(t, torch.Tensor) for t in (*args, *kwargs.values())):
+        raise ValueError("example_inputs holds no tensor; pass the inputs of one real call, e.g. "
+                         "{'input_ids': ids}")
+    _refuse_dynamic(kwargs)
+    return args, kwargs
+
+
+def _defaults(module: nn.Module, kwargs: dict) -> dict:
+    """What every graphed call gets unless it says otherwise: ``use_cache=False`` for a model that
+    takes ``use_cache`` and was given no static cache (a growing cache cannot live in a graph)."""
+    takes = inspect.signature(module.forward).parameters
+    has_cache = any(hasattr(v, "is_compileable") for v in kwargs.values())
+    return {"use_cache": False} if "use_cache" in takes and not has_cache else {}
 
 
 # --------------------------------------------------------------------------------------------
@@ -729,7 +842,7 @@ def benchmark_linear(out_features: int, in_features: int, tokens: int, dtype: to
     if graphs:
         for key, module in (("graph_dense_ms", dense), ("graph_sparse_ms", sparse)):
             graphed = fast_inference(module, X, clone_outputs=False)
-            result[key] = _median_ms(graphed.graphs[_signature((X,), {})][0].replay, min_run_time)
+            result[key] = _median_ms(graphed.replayer(X), min_run_time)
             del graphed
         result["graph_speedup"] = result["graph_dense_ms"] / result["graph_sparse_ms"]
     return result

@@ -483,6 +483,111 @@ def test_fast_inference_on_cpu_refuses_and_changes_nothing():
     assert all(torch.equal(after[k], v) for k, (_, v) in before.items())
 
 
+class CpuGraphs(sparselib.semistructured.GraphedModel):
+    """A CUDA graph's semantics on CPU: "capture" runs the module once on the static inputs; each
+    replay runs it again on those same static tensors and writes into the same output buffers. The
+    rest (keys, defaults, input copies, refusals) is GraphedModel's own code."""
+
+    def _record(self, static_args, static_kwargs):
+        with torch.inference_mode():
+            out = self.module(*static_args, **static_kwargs)
+
+        def replay():
+            with torch.inference_mode():
+                fresh = self.module(*static_args, **static_kwargs)
+                for mine, new in zip(_leaves(out), _leaves(fresh)):
+                    mine.copy_(new)
+        return replay, out, 0
+
+
+def _leaves(obj):
+    found = []
+    sparselib.semistructured._map_tensors(found.append, obj)
+    return found
+
+
+def cpu_graphed(model, inputs, max_graphs=2):
+    """What fast_inference builds, with the CPU stand-in for CUDA graphs."""
+    args, kwargs = sparselib.semistructured._example(inputs)
+    graphed = CpuGraphs(model, 1, max_graphs, True, sparselib.semistructured._defaults(model, kwargs))
+    graphed.capture(*args, **kwargs)
+    return graphed
+
+
+def test_a_plain_call_replays_the_graph_captured_with_use_cache_false():
+    """fast_inference captures with use_cache=False; a call without it must hit that graph, not
+    capture a second one with a dynamic cache built inside it (the bug found on review)."""
+    model = pruned_24().half()
+    to_semi_structured(model, kernel="reference")
+    ids = torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(0))
+    graphed = cpu_graphed(model, {"input_ids": ids})
+    assert graphed.defaults == {"use_cache": False}
+    other = torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        got = graphed(input_ids=other).logits
+        want = model(other, use_cache=False).logits
+    assert len(graphed.captures) == 1
+    assert torch.equal(got, want)
+    graphed.replay(input_ids=other)                                   # the timing entry point: same key
+    with torch.inference_mode():
+        assert torch.equal(graphed(other).logits, want)                # positional ids: the same call
+    assert len(graphed.captures) == 1
+
+
+def test_unsupported_calls_are_refused_not_recaptured():
+    model = pruned_24().half()
+    to_semi_structured(model, kernel="reference")
+    ids = torch.randint(0, 128, (2, 8))
+    graphed = cpu_graphed(model, {"input_ids": ids}, max_graphs=2)
+    with pytest.raises(ValueError, match=r"no CUDA graph was captured .*input_ids: \[2, 4\] int64.*"
+                                         r"captured: \(input_ids: \[2, 8\] int64"):
+        graphed(input_ids=ids[:, :4])
+    with pytest.raises(ValueError, match="no CUDA graph"):
+        graphed(input_ids=ids, logits_to_keep=1)                      # another argument: another graph
+    with pytest.raises(ValueError, match="use_cache=True without a static KV cache"):
+        graphed(input_ids=ids, use_cache=True)
+    from transformers import DynamicCache
+    with pytest.raises(ValueError, match="DynamicCache, a KV cache that grows"):
+        graphed(input_ids=ids, cache=DynamicCache(config=model.config))
+    with pytest.raises(ValueError, match="DynamicCache"):
+        fast_inference(model, {"input_ids": ids, "cache": DynamicCache(config=model.config)})
+    graphed.capture(input_ids=ids[:, :4])
+    assert len(graphed.captures) == 2
+    with pytest.raises(ValueError, match="max_graphs=2"):
+        graphed.capture(input_ids=ids[:1])
+    assert len(graphed.captures) == 2
+
+
+def test_decode_from_a_graph_with_a_static_cache_matches_eager_decoding():
+    """The KV cache of a graphed decode step must be static: its buffers are written in place at
+    cache_position, so replaying the step token after token decodes as the eager model does."""
+    from transformers import StaticCache
+
+    model = pruned_24().half()
+    to_semi_structured(model, kernel="reference")
+    prompt = torch.randint(0, 128, (2, 6), generator=torch.Generator().manual_seed(2))
+    caches = [StaticCache(config=model.config, max_cache_len=16) for _ in range(2)]
+    with torch.inference_mode():
+        for cache in caches:
+            model(prompt, cache=cache, use_cache=True, cache_position=torch.arange(6))
+    token = prompt[:, -1:]
+    step = {"input_ids": token, "cache": caches[0], "cache_position": torch.tensor([6]), "use_cache": True}
+    graphed = cpu_graphed(model, step)
+    assert graphed.defaults == {}                                     # use_cache stays as given
+    # the capture ran the step once: redo the same step eagerly on the twin cache
+    with torch.inference_mode():
+        want = model(token, cache=caches[1], cache_position=torch.tensor([6]), use_cache=True).logits
+    got_tokens, want_tokens = [], []
+    for position in range(7, 11):
+        token = want.argmax(-1)
+        with torch.inference_mode():
+            got = graphed(input_ids=token, cache=caches[0], cache_position=torch.tensor([position]),
+                          use_cache=True).logits
+            want = model(token, cache=caches[1], cache_position=torch.tensor([position]), use_cache=True).logits
+        assert torch.equal(got, want), position
+    assert len(graphed.captures) == 1
+
+
 def test_fast_inference_bad_arguments():
     model = pruned_24()
     with pytest.raises(TypeError, match="nn.Module"):
@@ -550,7 +655,7 @@ def test_gpu_generate_with_a_kv_cache(batch):
 
 
 @needs_gpu
-def test_fast_inference_replays_the_same_logits_and_recaptures_new_shapes():
+def test_fast_inference_replays_the_same_logits_and_refuses_new_shapes():
     model = pruned_24().to("cuda", torch.float16)
     to_semi_structured(model)
     ids = torch.randint(0, 128, (2, 16), device="cuda")
@@ -562,10 +667,12 @@ def test_fast_inference_replays_the_same_logits_and_recaptures_new_shapes():
         torch.testing.assert_close(graphed(input_ids=other).logits, model(other, use_cache=False).logits,
                                    rtol=1e-3, atol=1e-3)
         assert len(graphed.captures) == 1 and graphed.captures[0]["capture_s"] > 0
-        graphed(input_ids=ids[:, :8])                      # a new shape: a second graph
-        assert len(graphed.captures) == 2
-        out = graphed(input_ids=ids[:1])                   # a third: over max_graphs, runs eagerly
-        assert graphed.eager_calls == 1 and out.logits.shape == (1, 16, 128)
+        with pytest.raises(ValueError, match="no CUDA graph was captured"):
+            graphed(input_ids=ids[:, :8])
+        graphed.capture(input_ids=ids[:, :8])              # captured on request: a second graph
+        assert len(graphed.captures) == 2 and graphed(input_ids=ids[:, :8]).logits.shape == (2, 8, 128)
+        with pytest.raises(ValueError, match="max_graphs=2"):
+            graphed.capture(input_ids=ids[:1])
 
 
 @needs_gpu
