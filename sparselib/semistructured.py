@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import check_nm_fits
 from .format24 import Compressed24, compress_24, decompress_24
 from .masks import nm_mask, nm_violations
 from .models import decoder_layers, layer_linears, model_device
@@ -185,6 +186,10 @@ class Kernel24:
     name = "kernel"
     device_type = None  # "cuda" when the kernel runs only there
 
+    def shape_problem(self, shape: tuple[int, int], dtype: torch.dtype) -> str | None:
+        """Why this kernel cannot hold a ``W`` of ``shape [out, in]`` and ``dtype``, or None."""
+        return None
+
     def compress(self, W: torch.Tensor) -> dict:
         raise NotImplementedError
 
@@ -275,6 +280,9 @@ class CuSparseLtKernel24(Kernel24):
         self.fused_transpose = bool(fused_transpose)
         self.alg_id = int(alg_id)
 
+    def shape_problem(self, shape, dtype):
+        return shape_problem(tuple(shape), dtype, "cusparselt")
+
     def compress(self, W):
         return {"packed": torch._cslt_compress(W.contiguous())}
 
@@ -294,6 +302,9 @@ class CutlassKernel24(Kernel24):
 
     name = "cutlass"
     device_type = "cuda"
+
+    def shape_problem(self, shape, dtype):
+        return shape_problem(tuple(shape), dtype, "cutlass")
 
     def compress(self, W):
         Ws = _compress(W, "cutlass")
@@ -347,16 +358,23 @@ class SparseLinear24(nn.Module):
             raise TypeError(f"2:4 kernels need float16 or bfloat16 weights, got {weight.dtype}; cast first: "
                             f"model.half() or model.to(torch.bfloat16)")
         out_features, in_features = weight.shape
-        bad = _violations(weight.detach())
-        if bad:
-            raise ValueError(f"weight is not 2:4 sparse: {bad} groups of 4 consecutive inputs have fewer "
-                             f"than 2 zeros; prune it first, e.g. sparselib.prune(model, 'wanda', '2:4', calib)")
-        if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (out_features,)):
-            raise ValueError(f"bias must have shape ({out_features},), got {getattr(bias, 'shape', bias)}")
+        check_nm_fits(in_features, 4, "2:4", f"this weight [{out_features}, {in_features}]")
         self.kernel = _kernel(kernel)
         if self.kernel.device_type and weight.device.type != self.kernel.device_type:
             raise ValueError(f"the {self.kernel.name} kernel runs on {self.kernel.device_type}, but the weight "
                              f"is on {weight.device}; move the model first, or use kernel='reference'")
+        problem = self.kernel.shape_problem((out_features, in_features), weight.dtype)
+        if problem:
+            raise ValueError(f"the {self.kernel.name} kernel cannot hold this weight: {problem}; keep this "
+                             f"layer dense (to_semi_structured does so and says which), or use kernel='reference'")
+        if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (out_features,)):
+            raise ValueError(f"bias must have shape ({out_features},), got {getattr(bias, 'shape', bias)}")
+        if bias is not None and bias.device != weight.device:
+            raise ValueError(f"bias is on {bias.device} but the weight is on {weight.device}; move them together")
+        bad = _violations(weight.detach())
+        if bad:
+            raise ValueError(f"weight is not 2:4 sparse: {bad} groups of 4 consecutive inputs have fewer "
+                             f"than 2 zeros; prune it first, e.g. sparselib.prune(model, 'wanda', '2:4', calib)")
         self.in_features, self.out_features, self.dtype = in_features, out_features, weight.dtype
         for key, value in self.kernel.compress(weight.detach()).items():
             self.register_buffer(key, value)
@@ -376,12 +394,19 @@ class SparseLinear24(nn.Module):
         if X.dtype != self.dtype:
             raise TypeError(f"X is {X.dtype} but this 2:4 layer is {self.dtype}; cast the input (the model "
                             f"and its inputs must share one dtype)")
+        device = self._device()
+        if X.device != device:
+            raise ValueError(f"X is on {X.device} but this 2:4 layer is on {device}; move the input (or the "
+                             f"model) so that both are on one device")
         lead = X.shape[:-1]
         X2 = X.reshape(-1, self.in_features)
         if X2.shape[0] == 0:
             return X.new_empty(*lead, self.out_features)
         Y = self.kernel.mm(self, X2.contiguous())
         return Y.contiguous().view(*lead, self.out_features)
+
+    def _device(self) -> torch.device:
+        return next(self.buffers()).device
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -428,6 +453,8 @@ def to_semi_structured(model: nn.Module, *, strict: bool = True, kernel="auto") 
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch nn.Module (a causal LM), not {type(model).__name__}")
+    if not isinstance(strict, bool):
+        raise TypeError(f"strict must be True or False, not {strict!r}")
     if not (isinstance(kernel, Kernel24) or kernel == "auto" or kernel in KERNELS):
         raise ValueError(f"kernel must be 'auto', one of {sorted(KERNELS)} or a Kernel24 instance, "
                          f"not {kernel!r}")
@@ -444,7 +471,7 @@ def to_semi_structured(model: nn.Module, *, strict: bool = True, kernel="auto") 
         raise TypeError(f"2:4 kernels need float16 or bfloat16 weights; this model's linears are "
                         f"{', '.join(sorted(str(d) for d in dtypes))}. Cast it first: "
                         f"model.half() or model.to(torch.bfloat16)")
-    todo, too_small = _shape_fits(candidates, backend)
+    todo, too_small = _shape_fits(candidates, kern)
     # Compress everything first, then swap: an error half-way leaves the model unchanged.
     new = [SparseLinear24.from_linear(module, kern) for _, _, module in todo]
     for (layer, name, _), module in zip(todo, new):
@@ -453,7 +480,8 @@ def to_semi_structured(model: nn.Module, *, strict: bool = True, kernel="auto") 
              f"SparseLinear24 modules with {backend} ({reason})"]
     for count, why in ((len(too_small), f"below {backend}'s minimum shape"
                         + (f" (e.g. {too_small[0]})" if too_small else "")),
-                       (len(not_24), "not 2:4 (strict=False)"), (not_linear, "not nn.Linear")):
+                       (len(not_24), "not 2:4, or in_features not a multiple of 4 (strict=False)"),
+                       (not_linear, "not nn.Linear")):
         if count:
             parts.append(f"{count} left dense, {why}")
     if already:
@@ -463,15 +491,11 @@ def to_semi_structured(model: nn.Module, *, strict: bool = True, kernel="auto") 
     return bool(todo), reason, len(todo)
 
 
-def _shape_fits(candidates, backend: str):
-    """``(to convert, [why each other one stays dense])``: the backend's minimum shapes."""
+def _shape_fits(candidates, kern: Kernel24):
+    """``(to convert, [why each other one stays dense])``: the kernel's minimum shapes."""
     todo, too_small = [], []
     for i, layer, name, module in candidates:
-        if backend in ("cutlass", "cusparselt"):
-            problem = shape_problem(tuple(module.weight.shape), module.weight.dtype, backend)
-        else:
-            problem = (f"in_features {module.in_features} is not a multiple of 4"
-                       if module.in_features % 4 else None)
+        problem = kern.shape_problem(tuple(module.weight.shape), module.weight.dtype)
         if problem:
             too_small.append(f"layer {i} {name}: {problem}")
         else:
@@ -481,11 +505,15 @@ def _shape_fits(candidates, backend: str):
 
 def _sort_linears(linears, strict: bool):
     """Split the decoder-layer linears into those to convert, those that are not ``nn.Linear`` and
-    those that are not 2:4; a non-2:4 linear raises (before anything changes) when ``strict``."""
+    those that are not 2:4 (or cannot be: in_features not a multiple of 4); any of the last raises,
+    before anything changes, when ``strict``."""
     candidates, not_linear, not_24 = [], 0, []
     for i, layer, name, module in linears:
         if not isinstance(module, nn.Linear):
             not_linear += 1  # GPT-2's Conv1D stores W transposed and does not call F.linear
+            continue
+        if module.in_features % 4:
+            not_24.append((i, name, None, module.in_features))
             continue
         bad = _violations(module.weight.data)
         if bad:
@@ -493,6 +521,13 @@ def _sort_linears(linears, strict: bool):
         else:
             candidates.append((i, layer, name, module))
     if not_24 and strict:
+        no_form = [(i, name, n_in) for i, name, bad, n_in in not_24 if bad is None]
+        if no_form:
+            i, name, n_in = no_form[0]
+            raise ValueError(
+                f"{len(no_form)} of {len(linears)} decoder-layer linears cannot be 2:4 at all: their in_features "
+                f"is not a multiple of 4, and 2:4 groups 4 consecutive inputs (first: layer {i} {name}, "
+                f"in_features {n_in}). Pass strict=False to leave them dense and convert the others.")
         i, name, bad, groups = not_24[0]
         total = sum(b for _, _, b, _ in not_24)
         raise ValueError(

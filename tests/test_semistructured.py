@@ -7,7 +7,7 @@ import re
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sparselib
@@ -378,6 +378,94 @@ def test_cusparselt_kernel_pads_tokens_and_returns_tokens_by_out(fake_cslt, fuse
     assert calls == [{"B": (64, padded), "transpose_result": fused, "alg_id": 0}]
     assert Y.shape == (*lead, 48) and Y.is_contiguous()
     torch.testing.assert_close(Y, want, rtol=2e-3, atol=2e-3)
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input on SparseLinear24 and to_semi_structured: an error naming the fix, nothing changed
+# --------------------------------------------------------------------------------------------
+def test_in_features_not_a_multiple_of_4_is_named_and_not_blamed_on_the_2_4_pattern():
+    W = torch.zeros(32, 62, dtype=torch.float16)        # all zeros: as sparse as can be
+    with pytest.raises(ValueError, match=r"multiple of 4.*62 inputs") as err:
+        SparseLinear24(W)
+    assert "not 2:4 sparse" not in str(err.value)
+
+
+def test_a_model_with_in_features_not_a_multiple_of_4_names_the_linear():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)                                 # down_proj reads 130 inputs: no 2:4 form
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=130,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+    for _, _, m in linears(model):
+        if m.in_features % 4 == 0:
+            m.weight.data *= sparselib.nm_mask(m.weight.data.abs(), 2, 4)
+    model = model.half()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=r"2 of 14 .*cannot be 2:4 at all.*not a multiple of 4.*"
+                                         r"layer 0 mlp.down_proj, in_features 130.*strict=False") as err:
+        to_semi_structured(model, kernel="reference")
+    assert "groups of 4 consecutive inputs have fewer than 2 zeros" not in str(err.value)
+    assert_unchanged(model, before)
+    converted, reason, n = to_semi_structured(model, strict=False, kernel="reference")
+    assert converted and n == 12 and "2 left dense, not 2:4, or in_features not a multiple of 4" in reason
+
+
+def test_a_shape_the_gpu_kernel_cannot_hold_is_refused_before_compressing(fake_cslt):
+    calls, Kernel = fake_cslt
+    W = random_24(24, 64, torch.float16)                 # cuSPARSELt's fp16 rows come in multiples of 16
+    with pytest.raises(ValueError, match=r"cusparselt kernel cannot hold this weight.*out_features must be "
+                                         r"a multiple of 16.*kernel='reference'"):
+        SparseLinear24(W, kernel=Kernel())
+    SparseLinear24(W)                                    # the reference kernel holds any multiple of 4
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(out_f=st.integers(1, 70), in_f=st.integers(1, 80), dtype=st.sampled_from([torch.float16, torch.bfloat16]))
+def test_every_shape_either_builds_a_correct_layer_or_says_why(fake_cslt, out_f, in_f, dtype):
+    _, Kernel = fake_cslt
+    W = random_24(out_f, in_f, dtype) if in_f % 4 == 0 else torch.zeros(out_f, in_f, dtype=dtype)
+    limits = CSLT_LIMITS[dtype]
+    if in_f % 4:
+        with pytest.raises(ValueError, match="multiple of 4"):
+            SparseLinear24(W, kernel=Kernel())
+    elif out_f % limits.sparse_min_rows or in_f % limits.sparse_min_cols:
+        with pytest.raises(ValueError, match="cannot hold this weight"):
+            SparseLinear24(W, kernel=Kernel())
+    else:
+        X = torch.randn(3, in_f).to(dtype)
+        torch.testing.assert_close(SparseLinear24(W, kernel=Kernel())(X), torch.nn.functional.linear(X, W),
+                                   rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("which", ["reference", "cusparselt"])
+def test_no_tokens_and_a_1d_input_behave_as_in_nn_linear(fake_cslt, which):
+    calls, Kernel = fake_cslt
+    W, b = random_24(48, 64, torch.float16), torch.randn(48).half()
+    layer = SparseLinear24(W, b, "reference" if which == "reference" else Kernel())
+    with torch.inference_mode():
+        for X in (torch.randn(64).half(), torch.zeros(0, 64).half(), torch.zeros(3, 0, 64).half()):
+            Y, want = layer(X), torch.nn.functional.linear(X, W, b)
+            assert Y.shape == want.shape and Y.dtype == want.dtype
+            torch.testing.assert_close(Y, want, rtol=2e-3, atol=2e-3)
+    if which == "cusparselt":                            # only the 1-D input reached the kernel, padded
+        assert [c["B"] for c in calls] == [(64, CSLT_LIMITS[torch.float16].dense_min_rows)]
+
+
+def test_inputs_and_bias_on_another_device_are_refused():
+    W = random_24(32, 64, torch.float16)
+    with pytest.raises(ValueError, match="bias is on meta"):
+        SparseLinear24(W, torch.zeros(32, dtype=torch.float16, device="meta"))
+    layer = SparseLinear24(W)
+    with pytest.raises(ValueError, match="X is on meta but this 2:4 layer is on cpu; move the input"):
+        layer(torch.zeros(3, 64, dtype=torch.float16, device="meta"))
+
+
+def test_to_semi_structured_checks_strict():
+    model = pruned_24().half()
+    before = snapshot(model)
+    with pytest.raises(TypeError, match="strict must be True or False"):
+        to_semi_structured(model, strict="no", kernel="reference")
+    assert_unchanged(model, before)
 
 
 # --------------------------------------------------------------------------------------------
