@@ -25,6 +25,7 @@ host per call; :func:`fast_inference` replays CUDA graphs so that this set-up is
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 import time
@@ -185,6 +186,7 @@ class Kernel24:
 
     name = "kernel"
     device_type = None  # "cuda" when the kernel runs only there
+    recastable = False  # whether model.float()/.half()/.to(dtype) may cast the stored buffers
 
     def shape_problem(self, shape: tuple[int, int], dtype: torch.dtype) -> str | None:
         """Why this kernel cannot hold a ``W`` of ``shape [out, in]`` and ``dtype``, or None."""
@@ -207,6 +209,7 @@ class ReferenceKernel24(Kernel24):
     the module's logic (shapes, strides, dtype, bias, errors) is tested on CPU."""
 
     name = "reference"
+    recastable = True   # plain values (+ uint8 metadata): casting the values casts W consistently
 
     def compress(self, W):
         c = compress_24(W)
@@ -346,7 +349,9 @@ class SparseLinear24(nn.Module):
     Build it with :meth:`from_linear`, or from ``weight`` (exactly 2:4, float16 or bfloat16) and
     ``bias``; ``kernel`` is "reference" (any device), "cusparselt" or "cutlass" (CUDA), or a
     :class:`Kernel24`. Inference only: it holds buffers, no trainable weight. Cast the model to its
-    final dtype and device before converting (the compressed buffers are not re-cast).
+    final dtype and device before converting: with the reference kernel ``.float()``/``.half()``/``.to()``
+    re-cast the stored values consistently; with the GPU kernels (whose buffers are packed for the
+    kernel) a change of dtype, or a move off the GPU, raises TypeError/ValueError before anything is cast.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, kernel="reference"):
@@ -408,6 +413,31 @@ class SparseLinear24(nn.Module):
     def _device(self) -> torch.device:
         return next(self.buffers()).device
 
+    def _check_apply(self, fn) -> torch.dtype:
+        """What ``model.to(...)``, ``.half()``, ``.float()``, ``.cpu()``... would make of this layer: its new
+        dtype, or a TypeError/ValueError when its kernel's buffers cannot follow (raised before anything
+        is cast; see :func:`to_semi_structured`)."""
+        probe = fn(torch.empty(0, dtype=self.dtype, device=self._device()))
+        if probe.dtype != self.dtype:
+            if not self.kernel.recastable:
+                raise TypeError(
+                    f"this model's 2:4 layers hold {self.kernel.name}-compressed buffers (values and metadata "
+                    f"packed for the kernel), which cannot be cast from {self.dtype} to {probe.dtype}. Cast the "
+                    f"dense model first, then convert: model.to({probe.dtype}); "
+                    f"sparselib.to_semi_structured(model)")
+            if not probe.dtype.is_floating_point:
+                raise TypeError(f"a 2:4 layer's weights stay floating point; cannot cast to {probe.dtype}")
+        if self.kernel.device_type and probe.device.type != self.kernel.device_type:
+            raise ValueError(f"the {self.kernel.name} kernel runs only on {self.kernel.device_type}; this model "
+                             f"cannot move to {probe.device}. Convert a dense copy there with kernel='reference'")
+        return probe.dtype
+
+    def _apply(self, fn, recurse=True):
+        dtype = self._check_apply(fn)
+        out = super()._apply(fn, recurse)
+        self.dtype = dtype
+        return out
+
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, dtype={self.dtype}, kernel={self.kernel!r}")
@@ -450,6 +480,11 @@ def to_semi_structured(model: nn.Module, *, strict: bool = True, kernel="auto") 
     The weights must be float16 or bfloat16 (else TypeError, nothing changed); linears below the
     backend's minimum shape stay dense and are counted in the reason. Embeddings and ``lm_head`` are
     never touched. Converting is for inference: the new modules hold no trainable weight.
+
+    A converted model refuses ``save_pretrained`` (ValueError): the dense format has no place for the
+    compressed buffers, and ``from_pretrained`` would fill the decoder weights at random; save the 2:4
+    form with ``sparselib.save_24``, or the pruned model before converting. A cast its kernels cannot
+    follow (``model.float()`` with the GPU kernels) raises before any parameter is cast.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch nn.Module (a causal LM), not {type(model).__name__}")
@@ -476,6 +511,8 @@ def to_semi_structured(model: nn.Module, *, strict: bool = True, kernel="auto") 
     new = [SparseLinear24.from_linear(module, kern) for _, _, module in todo]
     for (layer, name, _), module in zip(todo, new):
         _replace(layer, name, module)
+    if todo:
+        _guard_converted(model)
     parts = [f"converted {len(todo)} of {len(linears) + already} decoder-layer linears to 2:4 "
              f"SparseLinear24 modules with {backend} ({reason})"]
     for count, why in ((len(too_small), f"below {backend}'s minimum shape"
@@ -489,6 +526,32 @@ def to_semi_structured(model: nn.Module, *, strict: bool = True, kernel="auto") 
     reason = "; ".join(parts)
     log.info(reason)
     return bool(todo), reason, len(todo)
+
+
+def _refuse_dense_save(*args, **kwargs):
+    raise ValueError(
+        "this model was converted by sparselib.to_semi_structured: its 2:4 layers hold compressed buffers "
+        "(*.values/*.meta or a packed buffer), not a dense *.weight, so save_pretrained would write a "
+        "checkpoint that from_pretrained fills with random decoder weights. Save the 2:4 form with "
+        "sparselib.save_24(model, path) (load it with sparselib.load_24), or call save_pretrained on the "
+        "pruned dense model before converting it")
+
+
+def _guarded_apply(model: nn.Module, fn, recurse=True):
+    """``model._apply`` of a converted model: every 2:4 layer is asked first whether it can follow the
+    cast or move, so a refusal leaves the whole model as it was (not half cast)."""
+    for module in model.modules():
+        if isinstance(module, SparseLinear24):
+            module._check_apply(fn)
+    return type(model)._apply(model, fn, recurse)
+
+
+def _guard_converted(model: nn.Module) -> None:
+    """What a converted model refuses: a dense-format ``save_pretrained`` (it would lose the decoder
+    weights) and a cast its kernels' buffers cannot follow (checked for every layer before any cast)."""
+    if hasattr(model, "save_pretrained"):
+        model.save_pretrained = _refuse_dense_save
+    model._apply = functools.partial(_guarded_apply, model)
 
 
 def _shape_fits(candidates, kern: Kernel24):

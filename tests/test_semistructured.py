@@ -545,6 +545,56 @@ def test_bad_kernel_argument_changes_nothing():
     assert_unchanged(model, before)
 
 
+def test_a_converted_model_refuses_save_pretrained_and_writes_nothing(tmp_path):
+    """save_pretrained would write *.values/*.meta and no decoder *.weight; from_pretrained would then
+    fill those weights at random with only a warning."""
+    model = pruned_24().half()
+    model.save_pretrained(tmp_path / "dense")                       # before converting: the dense format
+    to_semi_structured(model, kernel="reference")
+    for which in (model, copy.deepcopy(model)):
+        with pytest.raises(ValueError, match=r"from_pretrained fills with random decoder weights.*"
+                                             r"sparselib.save_24\(model, path\).*before converting"):
+            which.save_pretrained(tmp_path / "converted")
+    assert not (tmp_path / "converted").exists()
+    ids = torch.randint(0, 128, (2, 5))
+    with torch.inference_mode():                                      # still a working model
+        assert model(ids).logits.shape == (2, 5, 128)
+
+
+@pytest.mark.parametrize("cast", ["float", "bfloat16", "to_float32", "half"])
+def test_a_reference_model_recasts_consistently(cast):
+    dense = pruned_24().half()
+    sparse = copy.deepcopy(dense)
+    to_semi_structured(sparse, kernel="reference")
+    do = {"float": lambda m: m.float(), "bfloat16": lambda m: m.bfloat16(),
+          "to_float32": lambda m: m.to(torch.float32), "half": lambda m: m.half()}[cast]
+    dense, sparse = do(dense), do(sparse)
+    dtype = dense.lm_head.weight.dtype
+    assert all(layer.dtype == dtype and layer.values.dtype == dtype and layer.meta.dtype == torch.uint8
+               for layer in sparse_layers(sparse))
+    ids = torch.randint(0, 128, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(sparse(ids).logits, dense(ids).logits)
+
+
+def test_a_cast_the_gpu_kernels_cannot_follow_is_refused_before_anything_is_cast(fake_cslt):
+    _, Kernel = fake_cslt
+    model = pruned_24().half()
+    assert to_semi_structured(model, kernel=Kernel())[0]
+    before = snapshot(model)
+    for cast in (lambda m: m.float(), lambda m: m.to(torch.bfloat16), lambda m: m.double(),
+                 lambda m: m.to("cpu", torch.float32)):
+        with pytest.raises(TypeError, match=r"cusparselt-compressed buffers.*cannot be cast from torch.float16 to "
+                                            r"torch.(float32|bfloat16|float64).*Cast the dense model first"):
+            cast(model)
+    after = model.state_dict(keep_vars=True)
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, (_, v) in before.items())
+    model.half()                                                      # no change of dtype: allowed
+    ids = torch.randint(0, 128, (2, 5))
+    with torch.inference_mode():
+        assert model(ids).logits.dtype == torch.float16
+
+
 @pytest.mark.skipif(CAPABLE_GPU, reason="checks the path for machines without 2:4 kernels")
 @pytest.mark.parametrize("kernel", ["auto", "cusparselt", "cutlass"])
 def test_gpu_kernels_on_cpu_leave_the_half_model_bit_identical(kernel):
@@ -761,6 +811,17 @@ def test_fast_inference_replays_the_same_logits_and_refuses_new_shapes():
         assert len(graphed.captures) == 2 and graphed(input_ids=ids[:, :8]).logits.shape == (2, 8, 128)
         with pytest.raises(ValueError, match="max_graphs=2"):
             graphed.capture(input_ids=ids[:1])
+
+
+@needs_gpu
+def test_a_converted_gpu_model_refuses_to_move_to_cpu_or_change_dtype():
+    model = pruned_24().to("cuda", torch.float16)
+    assert to_semi_structured(model)[0]
+    with pytest.raises(ValueError, match="runs only on cuda"):
+        model.cpu()
+    with pytest.raises(TypeError, match="Cast the dense model first"):
+        model.float()
+    assert all(p.device.type == "cuda" and p.dtype == torch.float16 for p in model.parameters())
 
 
 @needs_gpu
