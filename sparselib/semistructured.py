@@ -37,6 +37,7 @@ from torch import nn
 from .checks import check_nm_fits
 from .format24 import Compressed24, compress_24, decompress_24
 from .masks import nm_mask, nm_violations
+from .adapters import adapter_for
 from .models import decoder_layers, layer_linears, model_device
 
 log = logging.getLogger(__name__)
@@ -443,6 +444,50 @@ class SparseLinear24(nn.Module):
                 f"bias={self.bias is not None}, dtype={self.dtype}, kernel={self.kernel!r}")
 
 
+class FusedSparseLinear24(SparseLinear24):
+    """Several linears that read the same input (q, k and v; gate and up) as one :class:`SparseLinear24`
+    whose ``W`` stacks theirs: ``[q; k; v] [q_out + k_out + v_out, in]``. One bigger product pays the
+    kernel better than three small ones. Each part's place in the model is taken by a
+    :class:`SparseSlice24`, which returns its columns of the product as a view (stride 1 along out)."""
+
+    def __init__(self, weight, bias, kernel, sizes, parts):
+        super().__init__(weight, bias, kernel)
+        self.sizes, self.parts = tuple(int(n) for n in sizes), tuple(parts)
+        self._pending = None   # (X, outputs, parts served) between the parts' calls on one input
+
+    def part(self, X: torch.Tensor, index: int) -> torch.Tensor:
+        """Part ``index`` of ``X Wᵀ + b``. The first part asked for an input computes the whole product;
+        the others, called with the very same tensor, take their slice of it. A part asked twice, or
+        another input, starts a new product, so every call returns exactly its own linear's output."""
+        pending = self._pending
+        if pending is None or pending[0] is not X or index in pending[2]:
+            pending = (X, self(X).split(self.sizes, dim=-1), set())
+        pending[2].add(index)
+        self._pending = None if len(pending[2]) == len(self.sizes) else pending
+        return pending[1][index]
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", parts={dict(zip(self.parts, self.sizes))}"
+
+
+class SparseSlice24(nn.Module):
+    """In place of one linear fused into a :class:`FusedSparseLinear24`: ``Y = X Wᵀ + b`` for this part's
+    rows of the fused ``W``. It holds no tensor (the fused module, registered once on the parent, does)."""
+
+    def __init__(self, fused: FusedSparseLinear24, index: int):
+        super().__init__()
+        object.__setattr__(self, "fused", fused)   # a reference, not a submodule: its buffers are saved once
+        self.index = index
+        self.in_features, self.out_features = fused.in_features, fused.sizes[index]
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        return self.fused.part(X, self.index)
+
+    def extra_repr(self) -> str:
+        return (f"part {self.index} ({self.fused.parts[self.index]}) of a fused 2:4 layer: "
+                f"in_features={self.in_features}, out_features={self.out_features}")
+
+
 # --------------------------------------------------------------------------------------------
 # The model: swap every 2:4 decoder-layer nn.Linear for a SparseLinear24
 # --------------------------------------------------------------------------------------------
@@ -464,7 +509,8 @@ def _replace(layer: nn.Module, name: str, new: nn.Module) -> None:
     setattr(layer.get_submodule(parent) if parent else layer, child, new)
 
 
-def to_semi_structured(model: nn.Module, *, strict: bool = True, kernel="auto") -> tuple[bool, str, int]:
+def to_semi_structured(model: nn.Module, *, strict: bool = True, kernel="auto",
+                       fuse_projections: bool = False) -> tuple[bool, str, int]:
     """Replace each 2:4 decoder-layer ``nn.Linear`` of ``model`` by a :class:`SparseLinear24`.
 
     Returns ``(converted, reason, n_converted)``. The weights must already be 2:4 (prune first with
@@ -481,6 +527,15 @@ def to_semi_structured(model: nn.Module, *, strict: bool = True, kernel="auto") 
     backend's minimum shape stay dense and are counted in the reason. Embeddings and ``lm_head`` are
     never touched. Converting is for inference: the new modules hold no trainable weight.
 
+    fuse_projections: False (default) — one :class:`SparseLinear24` per linear. True — the linears of a
+            decoder layer that read the same input (q/k/v, and gate/up where the MLP has them: the
+            architecture table's ``attn_inputs`` and ``mlp_inputs``) become one
+            :class:`FusedSparseLinear24` each (e.g. gate+up of Llama-2-7B: 22016 × 4096), registered on
+            their parent as ``qkv_proj`` / ``gate_up_proj``; each original name holds a
+            :class:`SparseSlice24` returning its columns as a view. Wider outputs use the 2:4 kernel
+            better (on the recorded H200 run, 28672 × 8192 gained far more than 4096 × 4096); the logits
+            are exactly those of the unfused conversion. ``n_converted`` still counts the original linears.
+
     A converted model refuses ``save_pretrained`` (ValueError): the dense format has no place for the
     compressed buffers, and ``from_pretrained`` would fill the decoder weights at random; save the 2:4
     form with ``sparselib.save_24``, or the pruned model before converting. A cast its kernels cannot
@@ -493,8 +548,12 @@ def to_semi_structured(model: nn.Module, *, strict: bool = True, kernel="auto") 
     if not (isinstance(kernel, Kernel24) or kernel == "auto" or kernel in KERNELS):
         raise ValueError(f"kernel must be 'auto', one of {sorted(KERNELS)} or a Kernel24 instance, "
                          f"not {kernel!r}")
+    if not isinstance(fuse_projections, bool):
+        raise TypeError(f"fuse_projections must be True or False, not {fuse_projections!r}")
     linears = list(_linears(model))  # raises ValueError for an unsupported architecture
-    already = sum(isinstance(m, SparseLinear24) for layer in decoder_layers(model) for m in layer.modules())
+    already = sum(isinstance(m, SparseSlice24) or (isinstance(m, SparseLinear24)
+                                                   and not isinstance(m, FusedSparseLinear24))
+                  for layer in decoder_layers(model) for m in layer.modules())
     candidates, not_linear, not_24 = _sort_linears(linears, strict)
     picked = _pick_kernel(kernel, model_device(model))
     if isinstance(picked, str):
@@ -507,14 +566,19 @@ def to_semi_structured(model: nn.Module, *, strict: bool = True, kernel="auto") 
                         f"{', '.join(sorted(str(d) for d in dtypes))}. Cast it first: "
                         f"model.half() or model.to(torch.bfloat16)")
     todo, too_small = _shape_fits(candidates, kern)
+    groups = _fusable(model, todo) if fuse_projections else []
     # Compress everything first, then swap: an error half-way leaves the model unchanged.
-    new = [SparseLinear24.from_linear(module, kern) for _, _, module in todo]
-    for (layer, name, _), module in zip(todo, new):
-        _replace(layer, name, module)
+    swaps = _build(todo, groups, kern)
+    for parent, name, module in swaps:
+        _replace(parent, name, module)
     if todo:
         _guard_converted(model)
     parts = [f"converted {len(todo)} of {len(linears) + already} decoder-layer linears to 2:4 "
              f"SparseLinear24 modules with {backend} ({reason})"]
+    if groups:
+        kinds = sorted({"+".join(n.rpartition(".")[2].removesuffix("_proj") for n in names)
+                        for _, names, _ in groups}, key=len)
+        parts.append(f"fused into {len(groups)} wider layers ({', '.join(kinds)})")
     for count, why in ((len(too_small), f"below {backend}'s minimum shape"
                         + (f" (e.g. {too_small[0]})" if too_small else "")),
                        (len(not_24), "not 2:4, or in_features not a multiple of 4 (strict=False)"),
@@ -526,6 +590,55 @@ def to_semi_structured(model: nn.Module, *, strict: bool = True, kernel="auto") 
     reason = "; ".join(parts)
     log.info(reason)
     return bool(todo), reason, len(todo)
+
+
+def _fusable(model: nn.Module, todo) -> list:
+    """``[(layer, names, fused name)]``: each group of linears that read one input (the architecture
+    table's ``attn_inputs``/``mlp_inputs``) whose members are all being converted and agree in
+    in_features, dtype and device."""
+    adapter = adapter_for(model)
+    by_layer = {}
+    for layer, name, module in todo:
+        by_layer.setdefault(id(layer), (layer, {}))[1][name] = module
+    groups = []
+    for layer, modules in by_layer.values():
+        for names in (adapter.attn_inputs, adapter.mlp_inputs):
+            parts = [modules.get(n) for n in names]
+            if len(names) < 2 or any(p is None for p in parts):
+                continue
+            if len({(p.in_features, p.weight.dtype, p.weight.device) for p in parts}) != 1:
+                continue
+            parent = names[0].rpartition(".")[0]
+            if any(n.rpartition(".")[0] != parent for n in names):
+                continue
+            stems = [n.rpartition(".")[2].removesuffix("_proj") for n in names]
+            fused = ("" if all(len(t) == 1 for t in stems) else "_").join(stems) + "_proj"  # qkv_proj, gate_up_proj
+            path = f"{parent}.{fused}" if parent else fused
+            owner = layer.get_submodule(parent) if parent else layer
+            if hasattr(owner, fused):
+                raise ValueError(f"cannot fuse {', '.join(names)}: the module already has an attribute "
+                                 f"{fused!r}; pass fuse_projections=False")
+            groups.append((layer, names, path))
+    return groups
+
+
+def _build(todo, groups, kern) -> list:
+    """``[(layer, dotted name, new module)]``: every module to put in place, built before any swap."""
+    fused_names = {(id(layer), n) for layer, names, _ in groups for n in names}
+    swaps = [(layer, name, SparseLinear24.from_linear(module, kern)) for layer, name, module in todo
+             if (id(layer), name) not in fused_names]
+    modules = {(id(layer), name): module for layer, name, module in todo}
+    for layer, names, path in groups:
+        parts = [modules[(id(layer), n)] for n in names]
+        W = torch.cat([p.weight.data for p in parts])
+        bias = None
+        if any(p.bias is not None for p in parts):
+            bias = torch.cat([p.bias.data if p.bias is not None else p.weight.new_zeros(p.out_features)
+                              for p in parts])
+        fused = FusedSparseLinear24(W, bias, kern, [p.out_features for p in parts], names)
+        swaps.append((layer, path, fused))
+        swaps.extend((layer, n, SparseSlice24(fused, i)) for i, n in enumerate(names))
+    return swaps
 
 
 def _refuse_dense_save(*args, **kwargs):

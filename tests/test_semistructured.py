@@ -488,6 +488,82 @@ def test_reference_conversion_matches_the_masked_dense_model(make, dtype):
     assert to_semi_structured(sparse, kernel="reference")[0] is False   # nothing left to convert
 
 
+@pytest.mark.parametrize("make", [tiny_llama, tiny_opt], ids=["llama", "opt"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fused_projections_give_exactly_the_unfused_logits(make, dtype):
+    dense = make()
+    sparselib.prune(dense, "magnitude", "2:4", progress=False)
+    dense = dense.to(dtype)
+    unfused, fused = copy.deepcopy(dense), copy.deepcopy(dense)
+    _, _, n_unfused = to_semi_structured(unfused, kernel="reference")
+    converted, reason, n = to_semi_structured(fused, kernel="reference", fuse_projections=True)
+    assert converted and n == n_unfused and "fused into" in reason, reason
+    fused_modules = [m for m in fused.modules() if isinstance(m, sparselib.semistructured.FusedSparseLinear24)]
+    per_layer = 2 if make is tiny_llama else 1                        # q/k/v (+ gate/up where the MLP has them)
+    assert len(fused_modules) == per_layer * len(sparselib.decoder_layers(fused))
+    ids = torch.randint(0, 128, (3, 11), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(fused(ids).logits, unfused(ids).logits)
+        assert torch.equal(fused(ids).logits, dense(ids).logits)
+    prompt = ids[:, :4]
+    kwargs = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=4, min_new_tokens=4, do_sample=False,
+                  pad_token_id=0)
+    assert torch.equal(fused.generate(prompt, **kwargs), unfused.generate(prompt, **kwargs))
+
+
+def test_fused_parts_are_views_with_stride_1_and_each_part_is_its_own_linear():
+    model = pruned_24().half()
+    attn = copy.deepcopy(model).model.layers[0].self_attn          # the dense q/k/v, for reference
+    to_semi_structured(model, kernel="reference", fuse_projections=True)
+    fused_attn = model.model.layers[0].self_attn
+    qkv = fused_attn.qkv_proj
+    assert fused_attn.q_proj.fused is qkv and qkv.sizes == (64, 32, 32)
+    X, other = torch.randn(2, 5, 64).half(), torch.randn(2, 5, 64).half()
+    with torch.inference_mode():
+        q, k, v = fused_attn.q_proj(X), fused_attn.k_proj(X), fused_attn.v_proj(X)
+        for got, dense in ((q, attn.q_proj), (k, attn.k_proj), (v, attn.v_proj)):
+            assert torch.equal(got, dense(X)) and got.stride(-1) == 1
+        assert q.untyped_storage().data_ptr() == v.untyped_storage().data_ptr()   # one product
+        # out of order, a part asked twice, another input in between: still each linear's own output
+        assert torch.equal(fused_attn.k_proj(X), attn.k_proj(X))
+        assert torch.equal(fused_attn.k_proj(other), attn.k_proj(other))
+        assert torch.equal(fused_attn.q_proj(X), attn.q_proj(X))
+        assert torch.equal(fused_attn.v_proj(other), attn.v_proj(other))
+
+
+def test_fused_buffers_are_held_once_and_follow_a_deepcopy():
+    model = pruned_24().half()
+    to_semi_structured(model, kernel="reference", fuse_projections=True)
+    keys = list(model.state_dict())
+    assert any(k.endswith("self_attn.qkv_proj.values") for k in keys)
+    assert not any(".q_proj." in k or ".gate_proj." in k for k in keys)    # the slices hold no tensor
+    twin = copy.deepcopy(model)
+    layer = twin.model.layers[1]
+    assert layer.mlp.up_proj.fused is layer.mlp.gate_up_proj is not model.model.layers[1].mlp.gate_up_proj
+    assert to_semi_structured(twin, kernel="reference")[0] is False        # nothing left to convert
+
+
+def test_fused_projections_call_the_kernel_once_per_group(fake_cslt):
+    calls, Kernel = fake_cslt
+    ref = pruned_24().half()
+    model = copy.deepcopy(ref)
+    to_semi_structured(model, kernel=Kernel(), fuse_projections=True)
+    to_semi_structured(ref, kernel="reference")
+    ids = torch.randint(0, 128, (2, 5))
+    with torch.inference_mode():
+        torch.testing.assert_close(model(ids).logits, ref(ids).logits, rtol=1e-2, atol=1e-2)
+    assert len(calls) == 4 * len(sparselib.decoder_layers(model))          # qkv, o, gate_up, down
+    assert {c["B"][0] for c in calls} == {64, 128}
+
+
+def test_fuse_projections_must_be_a_bool():
+    model = pruned_24().half()
+    before = snapshot(model)
+    with pytest.raises(TypeError, match="fuse_projections must be True or False"):
+        to_semi_structured(model, kernel="reference", fuse_projections="yes")
+    assert_unchanged(model, before)
+
+
 def test_q_k_v_outputs_are_contiguous_so_attention_keeps_its_fast_path():
     model = pruned_24().half()
     to_semi_structured(model, kernel="reference")
@@ -774,6 +850,18 @@ def test_gpu_module_equals_the_reference_module(fused, bias):
             Y = gpu(X)
             assert Y.is_contiguous() and Y.shape == (*lead, 256)
             torch.testing.assert_close(Y, ref(X), rtol=1e-2, atol=1e-2)
+
+
+@needs_gpu
+def test_gpu_fused_projections_match_the_unfused_conversion():
+    unfused = pruned_24().to("cuda", torch.float16)
+    fused = copy.deepcopy(unfused)
+    assert to_semi_structured(unfused)[0] and to_semi_structured(fused, fuse_projections=True)[0]
+    ids = torch.randint(0, 128, (3, 17), device="cuda")
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(ids).logits, unfused(ids).logits, rtol=1e-2, atol=1e-2)
+        q = fused.model.layers[0].self_attn.q_proj(torch.randn(3, 17, 64, device="cuda").half())
+    assert q.stride(-1) == 1
 
 
 @needs_gpu
