@@ -182,11 +182,14 @@ def _compress(W: torch.Tensor, backend: str) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 class Kernel24:
     """A 2:4 matmul for :class:`SparseLinear24`: ``compress(W)`` returns the tensors to keep (they
-    become the module's buffers); ``mm(layer, X)`` takes a contiguous ``X [tokens, in]`` and returns
-    ``Y = X Wᵀ + b`` as ``[tokens, out]``. Subclass it to plug in another kernel."""
+    become the module's buffers); ``mm(layer, X)`` takes ``X [tokens, in]``, contiguous (or, when
+    ``transposed_inputs``, possibly with a contiguous ``Xᵀ``), and returns ``Y = X Wᵀ + b`` as
+    ``[tokens, out]`` in whatever strides are cheapest (the module copies when it must). Subclass it to
+    plug in another kernel."""
 
     name = "kernel"
     device_type = None  # "cuda" when the kernel runs only there
+    transposed_inputs = False  # whether mm takes an X whose transpose is contiguous without a copy
     recastable = False  # whether model.float()/.half()/.to(dtype) may cast the stored buffers
 
     def shape_problem(self, shape: tuple[int, int], dtype: torch.dtype) -> str | None:
@@ -210,6 +213,7 @@ class ReferenceKernel24(Kernel24):
     the module's logic (shapes, strides, dtype, bias, errors) is tested on CPU."""
 
     name = "reference"
+    transposed_inputs = True
     recastable = True   # plain values (+ uint8 metadata): casting the values casts W consistently
 
     def compress(self, W):
@@ -230,6 +234,10 @@ def _pad_tokens(X: torch.Tensor, multiple: int) -> torch.Tensor:
 _CSLT_LINEAR = None
 
 
+def _cslt_token_multiple(dtype: torch.dtype) -> int:
+    return torch.sparse.SparseSemiStructuredTensorCUSPARSELT._DTYPE_SHAPE_CONSTRAINTS[dtype].dense_min_rows
+
+
 def _cslt_linear():
     """``Y [tokens, out] = X Wᵀ + b`` with cuSPARSELt, as a custom op: torch.compile then sees the right
     output shape (the meta function of ``torch._cslt_sparse_mm`` reads ``out`` from the packed buffer's
@@ -242,17 +250,22 @@ def _cslt_linear():
     def cslt_linear(X: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int,
                     fused_transpose: bool, alg_id: int) -> torch.Tensor:
         tokens = X.shape[0]
-        limits = torch.sparse.SparseSemiStructuredTensorCUSPARSELT._DTYPE_SHAPE_CONSTRAINTS[X.dtype]
-        Xp = _pad_tokens(X, limits.dense_min_rows)
+        B = _pad_tokens(X, _cslt_token_multiple(X.dtype)).t()       # [in, tokens(+pad)]
+        if not (B.is_contiguous() or B.t().is_contiguous()):      # cuSPARSELt reads one of the two
+            B = B.contiguous()
         if fused_transpose:   # cuSPARSELt writes [tokens(+pad), out] itself
-            Y = torch._cslt_sparse_mm(packed, Xp.t(), bias=bias, transpose_result=True, alg_id=alg_id)
-            return Y[:tokens].contiguous()
-        Y = torch._cslt_sparse_mm(packed, Xp.t(), bias=bias, alg_id=alg_id)   # [out, tokens(+pad)]
-        return Y[:, :tokens].t().contiguous()
+            Y = torch._cslt_sparse_mm(packed, B, bias=bias, transpose_result=True, alg_id=alg_id)
+            return Y[:tokens]
+        Y = torch._cslt_sparse_mm(packed, B, bias=bias, alg_id=alg_id)   # [out, tokens(+pad)]
+        return Y[:, :tokens].t()                                          # a view; the module copies if asked
 
     @cslt_linear.register_fake
     def _(X, packed, bias, out_features, fused_transpose, alg_id):
-        return X.new_empty(X.shape[0], out_features)
+        tokens = X.shape[0]
+        padded = -(-tokens // _cslt_token_multiple(X.dtype)) * _cslt_token_multiple(X.dtype)
+        if fused_transpose:
+            return X.new_empty(tokens, out_features)
+        return X.new_empty(out_features, padded)[:, :tokens].t()       # the real output's strides
 
     _CSLT_LINEAR = cslt_linear
     return cslt_linear
@@ -279,6 +292,7 @@ class CuSparseLtKernel24(Kernel24):
 
     name = "cusparselt"
     device_type = "cuda"
+    transposed_inputs = True   # torch._cslt_sparse_mm reads a row- or a column-major dense operand
 
     def __init__(self, fused_transpose: bool = False, alg_id: int = 0):
         self.fused_transpose = bool(fused_transpose)
@@ -301,8 +315,8 @@ class CuSparseLtKernel24(Kernel24):
 class CutlassKernel24(Kernel24):
     """PyTorch's CUTLASS 2:4 kernels (``torch._sparse_semi_structured_mm``/``_addmm``), sm_8x only.
 
-    They compute ``W Xᵀ`` as ``[out, tokens]``; one copy makes the output ``[tokens, out]`` and
-    contiguous."""
+    They compute ``W Xᵀ`` as ``[out, tokens]``; the module copies it to a contiguous ``[tokens, out]``
+    unless its output may stay transposed."""
 
     name = "cutlass"
     device_type = "cuda"
@@ -322,7 +336,7 @@ class CutlassKernel24(Kernel24):
             Y = torch._sparse_semi_structured_mm(layer.packed, layer.meta, Xt)
         else:
             Y = torch._sparse_semi_structured_addmm(layer.bias, layer.packed, layer.meta, Xt)
-        return Y[:, :tokens].t().contiguous()
+        return Y[:, :tokens].t()
 
 
 #: kernel name -> class; "auto" in :func:`to_semi_structured` picks the GPU's backend.
@@ -382,6 +396,7 @@ class SparseLinear24(nn.Module):
             raise ValueError(f"weight is not 2:4 sparse: {bad} groups of 4 consecutive inputs have fewer "
                              f"than 2 zeros; prune it first, e.g. sparselib.prune(model, 'wanda', '2:4', calib)")
         self.in_features, self.out_features, self.dtype = in_features, out_features, weight.dtype
+        self.contiguous_output = True   # False: the kernel's layout as it is (see to_semi_structured's mlp_layout)
         for key, value in self.kernel.compress(weight.detach()).items():
             self.register_buffer(key, value)
         self.register_buffer("bias", None if bias is None else bias.detach().to(weight.dtype).clone())
@@ -408,8 +423,12 @@ class SparseLinear24(nn.Module):
         X2 = X.reshape(-1, self.in_features)
         if X2.shape[0] == 0:
             return X.new_empty(*lead, self.out_features)
-        Y = self.kernel.mm(self, X2.contiguous())
-        return Y.contiguous().view(*lead, self.out_features)
+        if not (X2.is_contiguous() or (self.kernel.transposed_inputs and X2.t().is_contiguous())):
+            X2 = X2.contiguous()
+        Y = self.kernel.mm(self, X2)
+        if self.contiguous_output:
+            Y = Y.contiguous()
+        return Y.view(*lead, self.out_features)
 
     def _device(self) -> torch.device:
         return next(self.buffers()).device
@@ -510,7 +529,7 @@ def _replace(layer: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def to_semi_structured(model: nn.Module, *, strict: bool = True, kernel="auto",
-                       fuse_projections: bool = False) -> tuple[bool, str, int]:
+                       fuse_projections: bool = False, mlp_layout: str = "contiguous") -> tuple[bool, str, int]:
     """Replace each 2:4 decoder-layer ``nn.Linear`` of ``model`` by a :class:`SparseLinear24`.
 
     Returns ``(converted, reason, n_converted)``. The weights must already be 2:4 (prune first with
@@ -535,6 +554,13 @@ def to_semi_structured(model: nn.Module, *, strict: bool = True, kernel="auto",
             :class:`SparseSlice24` returning its columns as a view. Wider outputs use the 2:4 kernel
             better (on the recorded H200 run, 28672 × 8192 gained far more than 4096 × 4096); the logits
             are exactly those of the unfused conversion. ``n_converted`` still counts the original linears.
+    mlp_layout: "contiguous" (default) — every 2:4 layer returns a contiguous ``[..., out]``. "transposed"
+            — the MLP's input linears (gate/up, fc1: ``mlp_inputs``) return the kernel's own layout: the
+            non-fused cuSPARSELt and CUTLASS kernels write ``[out, tokens]``, so their output stays a
+            transposed view instead of being copied (for Llama-2-7B's gate/up at 16,384 tokens, 2 × 360 MB
+            per layer); the activation and product keep that layout, and the output linear (down_proj,
+            fc2) reads it without a copy. It relies on the MLP combining those outputs elementwise, as
+            every architecture in sparselib's table does; the logits do not change.
 
     A converted model refuses ``save_pretrained`` (ValueError): the dense format has no place for the
     compressed buffers, and ``from_pretrained`` would fill the decoder weights at random; save the 2:4
@@ -550,6 +576,8 @@ def to_semi_structured(model: nn.Module, *, strict: bool = True, kernel="auto",
                          f"not {kernel!r}")
     if not isinstance(fuse_projections, bool):
         raise TypeError(f"fuse_projections must be True or False, not {fuse_projections!r}")
+    if mlp_layout not in ("contiguous", "transposed"):
+        raise ValueError(f"mlp_layout must be 'contiguous' or 'transposed', not {mlp_layout!r}")
     linears = list(_linears(model))  # raises ValueError for an unsupported architecture
     already = sum(isinstance(m, SparseSlice24) or (isinstance(m, SparseLinear24)
                                                    and not isinstance(m, FusedSparseLinear24))
@@ -569,6 +597,8 @@ def to_semi_structured(model: nn.Module, *, strict: bool = True, kernel="auto",
     groups = _fusable(model, todo) if fuse_projections else []
     # Compress everything first, then swap: an error half-way leaves the model unchanged.
     swaps = _build(todo, groups, kern)
+    if mlp_layout == "transposed":
+        _keep_kernel_layout(model, swaps)
     for parent, name, module in swaps:
         _replace(parent, name, module)
     if todo:
@@ -620,6 +650,17 @@ def _fusable(model: nn.Module, todo) -> list:
                                  f"{fused!r}; pass fuse_projections=False")
             groups.append((layer, names, path))
     return groups
+
+
+def _keep_kernel_layout(model: nn.Module, swaps) -> None:
+    """mlp_layout="transposed": the new modules in place of the MLP's input linears keep the kernel's
+    output layout (a fused gate/up module, or each of them)."""
+    inputs = set(adapter_for(model).mlp_inputs)
+    for _, name, module in swaps:
+        if isinstance(module, FusedSparseLinear24) and set(module.parts) <= inputs:
+            module.contiguous_output = False
+        elif isinstance(module, SparseLinear24) and name in inputs:
+            module.contiguous_output = False
 
 
 def _build(todo, groups, kern) -> list:

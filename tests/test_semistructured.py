@@ -341,7 +341,9 @@ def fake_cslt(monkeypatch):
         Y = A.float() @ B.float()
         if bias is not None:
             Y = Y + bias.float()[:, None]
-        calls.append({"B": tuple(B.shape), "transpose_result": transpose_result, "alg_id": alg_id})
+        assert B.is_contiguous() or B.t().is_contiguous()      # the two layouts torch's op reads
+        calls.append({"B": tuple(B.shape), "transpose_result": transpose_result, "alg_id": alg_id,
+                      "B_row_major": B.is_contiguous()})
         Y = Y.to(B.dtype)
         return Y.t().contiguous() if transpose_result else Y
 
@@ -375,7 +377,7 @@ def test_cusparselt_kernel_pads_tokens_and_returns_tokens_by_out(fake_cslt, fuse
         want = ref(X)
     tokens = X.numel() // 64
     padded = -(-tokens // CSLT_LIMITS[torch.float16].dense_min_rows) * CSLT_LIMITS[torch.float16].dense_min_rows
-    assert calls == [{"B": (64, padded), "transpose_result": fused, "alg_id": 0}]
+    assert calls == [{"B": (64, padded), "transpose_result": fused, "alg_id": 0, "B_row_major": False}]
     assert Y.shape == (*lead, 48) and Y.is_contiguous()
     torch.testing.assert_close(Y, want, rtol=2e-3, atol=2e-3)
 
@@ -554,6 +556,64 @@ def test_fused_projections_call_the_kernel_once_per_group(fake_cslt):
         torch.testing.assert_close(model(ids).logits, ref(ids).logits, rtol=1e-2, atol=1e-2)
     assert len(calls) == 4 * len(sparselib.decoder_layers(model))          # qkv, o, gate_up, down
     assert {c["B"][0] for c in calls} == {64, 128}
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_transposed_mlp_layout_skips_the_copies_and_keeps_the_logits(fake_cslt, fuse):
+    """Non-fused cuSPARSELt writes [out, tokens]: with mlp_layout="transposed" gate/up hand that on as a
+    view, and down_proj reads it (as a row-major [in, tokens] operand) with no copy either way."""
+    calls, Kernel = fake_cslt
+    plain = pruned_24().half()
+    fast = copy.deepcopy(plain)
+    to_semi_structured(plain, kernel=Kernel(), fuse_projections=fuse)
+    to_semi_structured(fast, kernel=Kernel(), fuse_projections=fuse, mlp_layout="transposed")
+    ids = torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(0))   # 16 tokens: no padding
+    with torch.inference_mode():
+        want = plain(ids).logits
+        calls.clear()
+        got = fast(ids).logits
+        mlp = fast.model.layers[0].mlp
+        X = torch.randn(2, 8, 64).half()
+        gate = mlp.gate_proj(X)
+        assert gate.shape == (2, 8, 128) and not gate.is_contiguous() and gate.stride() == (8, 1, 16)
+        assert fast.model.layers[0].self_attn.q_proj(X).stride(-1) == 1            # attention untouched
+    torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
+    down = [c for c in calls if c["B"][0] == 128]                                   # down_proj reads 128
+    assert len(down) == len(sparselib.decoder_layers(fast)) and all(c["B_row_major"] for c in down)
+
+
+def test_transposed_mlp_layout_changes_nothing_with_the_reference_kernel():
+    plain = pruned_24().half()
+    fast = copy.deepcopy(plain)
+    to_semi_structured(plain, kernel="reference")
+    to_semi_structured(fast, kernel="reference", fuse_projections=True, mlp_layout="transposed")
+    ids = torch.randint(0, 128, (2, 7))
+    with torch.inference_mode():
+        assert torch.equal(fast(ids).logits, plain(ids).logits)
+    with pytest.raises(ValueError, match="mlp_layout must be 'contiguous' or 'transposed'"):
+        to_semi_structured(pruned_24().half(), kernel="reference", mlp_layout="columns")
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("tokens", [5, 16])
+def test_the_custom_op_fake_matches_the_real_output_so_torch_compile_traces_it(fake_cslt, fused, tokens):
+    """torch.compile plans memory from the custom op's fake implementation: its shape and strides must be
+    those of the real output (opcheck compares them), and a SparseLinear24 must trace without a break."""
+    _, Kernel = fake_cslt
+    W = random_24(48, 64, torch.float16)
+    layer = SparseLinear24(W, torch.randn(48).half(), Kernel(fused_transpose=fused))
+    X = torch.randn(tokens, 64).half()
+    op = sparselib.semistructured._cslt_linear()
+    torch.library.opcheck(op, (X, layer.packed, layer.bias, 48, fused, 0),
+                          test_utils=("test_schema", "test_faketensor"))
+    for contiguous in (True, False):
+        layer.contiguous_output = contiguous
+        torch._dynamo.reset()
+        compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+        with torch.inference_mode():
+            got, want = compiled(X), layer(X)
+        assert got.stride() == want.stride() and torch.equal(got, want)
+    torch._dynamo.reset()
 
 
 def test_fuse_projections_must_be_a_bool():
