@@ -1,8 +1,8 @@
 """2:4 on the hardware: the capability guard, the CPU path that changes nothing, the SparseLinear24
 module (tested on CPU with the reference kernel), the CUDA-graph fast path's refusal on CPU, and (on a
 capable GPU) a converted model that computes what the masked dense model computes."""
-import contextlib
 import copy
+import inspect
 import re
 
 import pytest
@@ -49,6 +49,20 @@ def assert_unchanged(model, before):
         assert type(after[k]) is kind and after[k].dtype == value.dtype, k
         assert torch.equal(after[k].detach(), value), k
     assert not sparse_layers(model)
+
+
+def cache_kw(model) -> str:
+    """transformers 5 names the KV cache argument ``cache``; 4.x ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def make_static_cache(model, batch, length):
+    from transformers import StaticCache
+
+    params = inspect.signature(StaticCache.__init__).parameters
+    extra = {k: v for k, v in (("max_batch_size", batch), ("batch_size", batch), ("dtype", model.dtype))
+             if k in params}
+    return StaticCache(config=model.config, max_cache_len=length, **extra)
 
 
 def random_24(out_f, in_f, dtype, seed=0):
@@ -822,9 +836,9 @@ def test_unsupported_calls_are_refused_not_recaptured():
         graphed(input_ids=ids, use_cache=True)
     from transformers import DynamicCache
     with pytest.raises(ValueError, match="DynamicCache, a KV cache that grows"):
-        graphed(input_ids=ids, cache=DynamicCache(config=model.config))
+        graphed(input_ids=ids, **{cache_kw(model): DynamicCache()})
     with pytest.raises(ValueError, match="DynamicCache"):
-        fast_inference(model, {"input_ids": ids, "cache": DynamicCache(config=model.config)})
+        fast_inference(model, {"input_ids": ids, cache_kw(model): DynamicCache()})
     graphed.capture(input_ids=ids[:, :4])
     assert len(graphed.captures) == 2
     with pytest.raises(ValueError, match="max_graphs=2"):
@@ -833,31 +847,33 @@ def test_unsupported_calls_are_refused_not_recaptured():
 
 
 def test_decode_from_a_graph_with_a_static_cache_matches_eager_decoding():
-    """The KV cache of a graphed decode step must be static: its buffers are written in place at
-    cache_position, so replaying the step token after token decodes as the eager model does."""
-    from transformers import StaticCache
-
+    """The KV cache of a graphed decode step must be static: its buffers are written in place (at
+    cache_position in transformers 4.x; at the cache's own position tensor, advanced on the device, in
+    5.x), so replaying the step token after token decodes as the eager model does."""
     model = pruned_24().half()
     to_semi_structured(model, kernel="reference")
+    key = cache_kw(model)
+    positions = "cache_position" in inspect.signature(model.forward).parameters
+
+    def at(position, length=1):
+        return {"cache_position": torch.arange(position, position + length)} if positions else {}
+
     prompt = torch.randint(0, 128, (2, 6), generator=torch.Generator().manual_seed(2))
-    caches = [StaticCache(config=model.config, max_cache_len=16) for _ in range(2)]
+    caches = [make_static_cache(model, 2, 16) for _ in range(2)]
     with torch.inference_mode():
         for cache in caches:
-            model(prompt, cache=cache, use_cache=True, cache_position=torch.arange(6))
+            model(prompt, **{key: cache}, use_cache=True, **at(0, 6))
     token = prompt[:, -1:]
-    step = {"input_ids": token, "cache": caches[0], "cache_position": torch.tensor([6]), "use_cache": True}
-    graphed = cpu_graphed(model, step)
+    graphed = cpu_graphed(model, {"input_ids": token, key: caches[0], "use_cache": True, **at(6)})
     assert graphed.defaults == {}                                     # use_cache stays as given
-    # the capture ran the step once: redo the same step eagerly on the twin cache
+    # the capture ran the step once: the same step, eagerly, on the twin cache
     with torch.inference_mode():
-        want = model(token, cache=caches[1], cache_position=torch.tensor([6]), use_cache=True).logits
-    got_tokens, want_tokens = [], []
+        want = model(token, **{key: caches[1]}, use_cache=True, **at(6)).logits
     for position in range(7, 11):
         token = want.argmax(-1)
         with torch.inference_mode():
-            got = graphed(input_ids=token, cache=caches[0], cache_position=torch.tensor([position]),
-                          use_cache=True).logits
-            want = model(token, cache=caches[1], cache_position=torch.tensor([position]), use_cache=True).logits
+            got = graphed(input_ids=token, **{key: caches[0]}, use_cache=True, **at(position)).logits
+            want = model(token, **{key: caches[1]}, use_cache=True, **at(position)).logits
         assert torch.equal(got, want), position
     assert len(graphed.captures) == 1
 
@@ -1047,3 +1063,30 @@ def test_the_semi_structured_classes_sparselib_reads_still_exist():
         assert {torch.float16, torch.bfloat16} <= set(limits), cls.__name__
         assert all(hasattr(limits[torch.float16], f) for f in ("dense_min_rows", "dense_min_cols")), cls.__name__
     assert callable(torch.sparse.to_sparse_semi_structured) and callable(torch.backends.cusparselt.is_available)
+
+
+def test_the_search_op_takes_the_layout_the_kernel_runs():
+    search = _schema("aten::_cslt_sparse_mm_search")
+    assert "bool transpose_result" in search and "Tensor dense_B" in search  # searched per layout and shape
+
+
+def test_the_graph_compile_and_attention_apis_the_gpu_path_calls_exist():
+    """fast_inference, the benchmark's attention guard and its torch.compile rows call these."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    assert {"CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"} <= set(SDPBackend.__members__)
+    assert "backends" in inspect.signature(sdpa_kernel).parameters
+    assert callable(torch.cuda.CUDAGraph) and callable(torch.cuda.graph) and callable(torch.cuda.Stream)
+    assert {"reduce-overhead", "max-autotune-no-cudagraphs"} <= set(torch._inductor.list_mode_options())
+    assert callable(torch.library.custom_op) and callable(torch.library.opcheck) and callable(torch._dynamo.reset)
+    op = sparselib.semistructured._cslt_linear()
+    assert callable(op.register_fake) and str(op._opoverload._schema).startswith("sparselib::cslt_linear(")
+
+
+def test_a_static_kv_cache_says_it_can_live_in_a_graph_and_a_dynamic_one_says_it_cannot():
+    """fast_inference tells the two apart by transformers' own flag."""
+    from transformers import DynamicCache, StaticCache
+
+    assert DynamicCache.is_compileable is False or DynamicCache().is_compileable is False
+    model = tiny_llama()
+    assert make_static_cache(model, 2, 16).is_compileable is True
