@@ -898,7 +898,12 @@ class GraphedModel:
         static_args = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
         static_kwargs = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
         start = time.perf_counter()
+        state = _state_tensors([v for v in kwargs.values() if hasattr(v, "is_compileable")])
+        saved = [t.clone() for t in state]
         replay, static_out, memory = self._record(static_args, static_kwargs)
+        with torch.inference_mode():      # the warm-up and capture runs wrote into the static cache: undo
+            for t, before in zip(state, saved):
+                t.copy_(before)
         info = {"signature": sig, "capture_s": time.perf_counter() - start, "memory_bytes": memory}
         self.graphs[sig] = _Captured(replay, static_args, static_kwargs, static_out)
         self.captures.append(info)
@@ -952,6 +957,31 @@ class GraphedModel:
         no input copy and no checks, for timing."""
         args, kwargs = self._inputs(args, kwargs)
         return self._entry(args, kwargs).replay
+
+
+def _state_tensors(objects, depth: int = 3) -> list:
+    """Every tensor held by these objects (a static KV cache: its keys, values and, in transformers 5,
+    its position counter), through their attributes, lists and dicts, ``depth`` levels down. Capture
+    runs the module several times on the example inputs; these are put back as they were after."""
+    found, seen = [], set()
+
+    def walk(obj, level):
+        if isinstance(obj, torch.Tensor):
+            if id(obj) not in seen:
+                seen.add(id(obj))
+                found.append(obj)
+        elif level < depth and isinstance(obj, (list, tuple)):
+            for v in obj:
+                walk(v, level + 1)
+        elif level < depth and isinstance(obj, dict):
+            for v in obj.values():
+                walk(v, level + 1)
+        elif level < depth and hasattr(obj, "__dict__") and not isinstance(obj, (nn.Module, type)):
+            for v in vars(obj).values():
+                walk(v, level + 1)
+    for obj in objects:
+        walk(obj, 0)
+    return found
 
 
 class _Captured:
