@@ -350,3 +350,17 @@ def test_a_run_file_loads_with_gpu_runs(tmp_path, monkeypatch):
     assert {r["path"] for r in loaded["linear"]} == {"eager", "cuda_graph", "best"}
     best = next(r for r in loaded["end_to_end"] if r["path"] == "best")
     assert best["speedup"] == pytest.approx(10.0 / 8.0) and (best["batch"], best["seqlen"]) == (8, 2048)
+
+
+def test_the_gpu_workflow_runs_the_preflight_and_checks_when_a_gpu_runner_is_configured():
+    import yaml
+
+    flow = yaml.safe_load((ROOT / ".github" / "workflows" / "gpu.yml").read_text())
+    jobs = flow["jobs"]
+    gpu, none = jobs["preflight-and-check"], jobs["no-gpu-runner"]
+    assert gpu["runs-on"] == "${{ vars.GPU_RUNNER }}" and "vars.GPU_RUNNER != ''" in gpu["if"]
+    assert "vars.GPU_RUNNER == ''" in none["if"] and none["runs-on"] == "ubuntu-latest"
+    commands = [step.get("run", "") for step in gpu["steps"]]
+    assert "python benchmarks/semi_structured.py --preflight --check" in commands
+    assert any("pytest" in c and "tests/test_semistructured.py" in c for c in commands)
+    assert "GITHUB_STEP_SUMMARY" in none["steps"][0]["run"]
