@@ -567,17 +567,7 @@ def to_semi_structured(model: nn.Module, *, strict: bool = True, kernel="auto",
     form with ``sparselib.save_24``, or the pruned model before converting. A cast its kernels cannot
     follow (``model.float()`` with the GPU kernels) raises before any parameter is cast.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch nn.Module (a causal LM), not {type(model).__name__}")
-    if not isinstance(strict, bool):
-        raise TypeError(f"strict must be True or False, not {strict!r}")
-    if not (isinstance(kernel, Kernel24) or kernel == "auto" or kernel in KERNELS):
-        raise ValueError(f"kernel must be 'auto', one of {sorted(KERNELS)} or a Kernel24 instance, "
-                         f"not {kernel!r}")
-    if not isinstance(fuse_projections, bool):
-        raise TypeError(f"fuse_projections must be True or False, not {fuse_projections!r}")
-    if mlp_layout not in ("contiguous", "transposed"):
-        raise ValueError(f"mlp_layout must be 'contiguous' or 'transposed', not {mlp_layout!r}")
+    _check_options(model, strict, kernel, fuse_projections, mlp_layout)
     linears = list(_linears(model))  # raises ValueError for an unsupported architecture
     already = sum(isinstance(m, SparseSlice24) or (isinstance(m, SparseLinear24)
                                                    and not isinstance(m, FusedSparseLinear24))
@@ -603,23 +593,46 @@ def to_semi_structured(model: nn.Module, *, strict: bool = True, kernel="auto",
         _replace(parent, name, module)
     if todo:
         _guard_converted(model)
-    parts = [f"converted {len(todo)} of {len(linears) + already} decoder-layer linears to 2:4 "
-             f"SparseLinear24 modules with {backend} ({reason})"]
-    if groups:
-        kinds = sorted({"+".join(n.rpartition(".")[2].removesuffix("_proj") for n in names)
-                        for _, names, _ in groups}, key=len)
-        parts.append(f"fused into {len(groups)} wider layers ({', '.join(kinds)})")
-    for count, why in ((len(too_small), f"below {backend}'s minimum shape"
-                        + (f" (e.g. {too_small[0]})" if too_small else "")),
-                       (len(not_24), "not 2:4, or in_features not a multiple of 4 (strict=False)"),
-                       (not_linear, "not nn.Linear")):
-        if count:
-            parts.append(f"{count} left dense, {why}")
-    if already:
-        parts.append(f"{already} already converted")
-    reason = "; ".join(parts)
+    counts = {"converted": len(todo), "of": len(linears) + already, "groups": groups, "too_small": too_small,
+              "not_24": len(not_24), "not_linear": not_linear, "already": already}
+    reason = _conversion_reason(backend, reason, counts)
     log.info(reason)
     return bool(todo), reason, len(todo)
+
+
+def _check_options(model, strict, kernel, fuse_projections, mlp_layout) -> None:
+    """:func:`to_semi_structured`'s arguments, checked before anything is read or changed."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch nn.Module (a causal LM), not {type(model).__name__}")
+    if not isinstance(strict, bool):
+        raise TypeError(f"strict must be True or False, not {strict!r}")
+    if not (isinstance(kernel, Kernel24) or kernel == "auto" or kernel in KERNELS):
+        raise ValueError(f"kernel must be 'auto', one of {sorted(KERNELS)} or a Kernel24 instance, "
+                         f"not {kernel!r}")
+    if not isinstance(fuse_projections, bool):
+        raise TypeError(f"fuse_projections must be True or False, not {fuse_projections!r}")
+    if mlp_layout not in ("contiguous", "transposed"):
+        raise ValueError(f"mlp_layout must be 'contiguous' or 'transposed', not {mlp_layout!r}")
+
+
+def _conversion_reason(backend: str, why: str, counts: dict) -> str:
+    """What :func:`to_semi_structured` did, in one line: converted, fused, left dense and why."""
+    parts = [f"converted {counts['converted']} of {counts['of']} decoder-layer linears to 2:4 "
+             f"SparseLinear24 modules with {backend} ({why})"]
+    if counts["groups"]:
+        kinds = sorted({"+".join(n.rpartition(".")[2].removesuffix("_proj") for n in names)
+                        for _, names, _ in counts["groups"]}, key=len)
+        parts.append(f"fused into {len(counts['groups'])} wider layers ({', '.join(kinds)})")
+    too_small = counts["too_small"]
+    for count, what in ((len(too_small), f"below {backend}'s minimum shape"
+                         + (f" (e.g. {too_small[0]})" if too_small else "")),
+                        (counts["not_24"], "not 2:4, or in_features not a multiple of 4 (strict=False)"),
+                        (counts["not_linear"], "not nn.Linear")):
+        if count:
+            parts.append(f"{count} left dense, {what}")
+    if counts["already"]:
+        parts.append(f"{counts['already']} already converted")
+    return "; ".join(parts)
 
 
 def _fusable(model: nn.Module, todo) -> list:
