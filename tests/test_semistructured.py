@@ -823,6 +823,23 @@ def test_a_plain_call_replays_the_graph_captured_with_use_cache_false():
     assert len(graphed.captures) == 1
 
 
+def test_a_graphed_call_pads_tokens_to_the_kernels_multiple_inside_the_graph(fake_cslt):
+    """5 tokens: every cuSPARSELt call in the captured (and each replayed) forward sees them padded to the
+    kernel's multiple, and the logits are those of the eager model."""
+    calls, Kernel = fake_cslt
+    model = pruned_24().half()
+    to_semi_structured(model, kernel=Kernel())
+    ids = torch.randint(0, 128, (1, 5))
+    graphed = cpu_graphed(model, {"input_ids": ids})
+    calls.clear()
+    with torch.inference_mode():
+        got = graphed(input_ids=ids).logits
+        want = model(ids, use_cache=False).logits
+    multiple = CSLT_LIMITS[torch.float16].dense_min_rows
+    assert {c["B"][1] for c in calls} == {multiple} and len(calls) == 2 * 7 * len(sparselib.decoder_layers(model))
+    assert torch.equal(got, want) and got.shape == (1, 5, 128)
+
+
 def test_unsupported_calls_are_refused_not_recaptured():
     model = pruned_24().half()
     to_semi_structured(model, kernel="reference")
