@@ -30,6 +30,8 @@ import inspect
 import logging
 import time
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -238,37 +240,47 @@ def _cslt_token_multiple(dtype: torch.dtype) -> int:
     return torch.sparse.SparseSemiStructuredTensorCUSPARSELT._DTYPE_SHAPE_CONSTRAINTS[dtype].dense_min_rows
 
 
+def _cslt_linear_impl(X: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Tensor], out_features: int,
+                      fused_transpose: bool, alg_id: int) -> torch.Tensor:
+    """``Y = X Wᵀ + b`` as ``[tokens, out]`` from cuSPARSELt: the tokens padded to its multiple, the
+    result as cuSPARSELt wrote it (``[tokens, out]`` with the fused transpose, else a transposed view of
+    ``[out, tokens]``)."""
+    tokens = X.shape[0]
+    B = _pad_tokens(X, _cslt_token_multiple(X.dtype)).t()          # [in, tokens(+pad)]
+    if not (B.is_contiguous() or B.t().is_contiguous()):         # cuSPARSELt reads one of the two
+        B = B.contiguous()
+    if fused_transpose:   # cuSPARSELt writes [tokens(+pad), out] itself
+        Y = torch._cslt_sparse_mm(packed, B, bias=bias, transpose_result=True, alg_id=alg_id)
+        return Y[:tokens]
+    Y = torch._cslt_sparse_mm(packed, B, bias=bias, alg_id=alg_id)   # [out, tokens(+pad)]
+    return Y[:, :tokens].t()                                          # a view; the module copies if asked
+
+
+def _cslt_linear_fake(X, packed, bias, out_features, fused_transpose, alg_id):
+    tokens = X.shape[0]
+    padded = -(-tokens // _cslt_token_multiple(X.dtype)) * _cslt_token_multiple(X.dtype)
+    if fused_transpose:
+        return X.new_empty(tokens, out_features)
+    return X.new_empty(out_features, padded)[:, :tokens].t()           # the real output's strides
+
+
 def _cslt_linear():
-    """``Y [tokens, out] = X Wᵀ + b`` with cuSPARSELt, as a custom op: torch.compile then sees the right
-    output shape (the meta function of ``torch._cslt_sparse_mm`` reads ``out`` from the packed buffer's
-    first dimension, which the packed 1-D buffer does not have). Registered on first use."""
+    """:func:`_cslt_linear_impl` as the custom op ``sparselib::cslt_linear``: torch.compile then sees the
+    right output shape and strides (the meta function of ``torch._cslt_sparse_mm`` reads ``out`` from the
+    packed buffer's first dimension, which the packed 1-D buffer does not have). Registered on first use;
+    if this torch cannot register it, the plain function is used (eager and CUDA graphs need no op)."""
     global _CSLT_LINEAR
     if _CSLT_LINEAR is not None:
         return _CSLT_LINEAR
-
-    @torch.library.custom_op("sparselib::cslt_linear", mutates_args=())
-    def cslt_linear(X: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int,
-                    fused_transpose: bool, alg_id: int) -> torch.Tensor:
-        tokens = X.shape[0]
-        B = _pad_tokens(X, _cslt_token_multiple(X.dtype)).t()       # [in, tokens(+pad)]
-        if not (B.is_contiguous() or B.t().is_contiguous()):      # cuSPARSELt reads one of the two
-            B = B.contiguous()
-        if fused_transpose:   # cuSPARSELt writes [tokens(+pad), out] itself
-            Y = torch._cslt_sparse_mm(packed, B, bias=bias, transpose_result=True, alg_id=alg_id)
-            return Y[:tokens]
-        Y = torch._cslt_sparse_mm(packed, B, bias=bias, alg_id=alg_id)   # [out, tokens(+pad)]
-        return Y[:, :tokens].t()                                          # a view; the module copies if asked
-
-    @cslt_linear.register_fake
-    def _(X, packed, bias, out_features, fused_transpose, alg_id):
-        tokens = X.shape[0]
-        padded = -(-tokens // _cslt_token_multiple(X.dtype)) * _cslt_token_multiple(X.dtype)
-        if fused_transpose:
-            return X.new_empty(tokens, out_features)
-        return X.new_empty(out_features, padded)[:, :tokens].t()       # the real output's strides
-
-    _CSLT_LINEAR = cslt_linear
-    return cslt_linear
+    try:
+        op = torch.library.custom_op("sparselib::cslt_linear", mutates_args=())(_cslt_linear_impl)
+        op.register_fake(_cslt_linear_fake)
+    except Exception as err:  # noqa: BLE001 - a torch whose custom-op API differs: run uncompiled
+        log.warning("could not register sparselib::cslt_linear (%s); cuSPARSELt runs without a custom op, "
+                    "so torch.compile cannot trace it", err)
+        op = _cslt_linear_impl
+    _CSLT_LINEAR = op
+    return op
 
 
 class CuSparseLtKernel24(Kernel24):
@@ -276,10 +288,11 @@ class CuSparseLtKernel24(Kernel24):
 
     ``W`` is compressed once (``torch._cslt_compress``: values and metadata in one buffer). Each call
     multiplies ``W`` by ``Xᵀ``. With ``fused_transpose=False`` (the default) cuSPARSELt writes
-    ``[out, tokens]`` and one copy makes it ``[tokens, out]``; with True it writes the result already as
-    ``[tokens, out]`` (``transpose_result=True``). Either way the output is contiguous, so the attention
-    that reads q, k and v keeps its fused kernels. (PyTorch's own ``F.linear`` on the tensor subclass
-    returned the transposed view instead, in torch 2.11.)
+    ``[out, tokens]`` and the module copies it to a contiguous ``[tokens, out]`` (unless
+    ``to_semi_structured(..., mlp_layout="transposed")`` lets the MLP keep it); with True cuSPARSELt writes
+    ``[tokens, out]`` itself (``transpose_result=True``). So q, k and v are contiguous and the attention
+    that reads them keeps its fused kernels. (PyTorch's own ``F.linear`` on the tensor subclass returned
+    the transposed view instead, in torch 2.11.)
 
     Why the copy is the default: the one recorded GPU run (H200, torch 2.11) could not finish a
     7B-shaped forward within 100 s with the fused transpose (through the tensor subclass's

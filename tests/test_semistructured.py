@@ -630,6 +630,23 @@ def test_the_custom_op_fake_matches_the_real_output_so_torch_compile_traces_it(f
     torch._dynamo.reset()
 
 
+def test_without_the_custom_op_the_kernel_still_runs_eagerly(fake_cslt, monkeypatch, caplog):
+    """A torch whose custom-op API refuses the registration must not stop the GPU path: eager calls and
+    CUDA graphs need no op (only torch.compile does), so the plain function is used and a warning says so."""
+    calls, Kernel = fake_cslt
+
+    def refuse(*args, **kwargs):
+        raise ValueError("infer_schema(func): Unsupported type annotation")
+
+    monkeypatch.setattr(sparselib.semistructured, "_CSLT_LINEAR", None)
+    monkeypatch.setattr(torch.library, "custom_op", refuse)
+    W = random_24(48, 64, torch.float16)
+    with caplog.at_level("WARNING", logger="sparselib.semistructured"):
+        Y = SparseLinear24(W, kernel=Kernel())(torch.randn(5, 64).half())
+    assert Y.shape == (5, 48) and len(calls) == 1 and "without a custom op" in caplog.text
+    monkeypatch.setattr(sparselib.semistructured, "_CSLT_LINEAR", None)   # the next user registers it again
+
+
 def test_fuse_projections_must_be_a_bool():
     model = pruned_24().half()
     before = snapshot(model)
