@@ -25,16 +25,21 @@ host per call; :func:`fast_inference` replays CUDA graphs so that this set-up is
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 import time
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import check_nm_fits
 from .format24 import Compressed24, compress_24, decompress_24
 from .masks import nm_mask, nm_violations
+from .adapters import adapter_for
 from .models import decoder_layers, layer_linears, model_device
 
 log = logging.getLogger(__name__)
@@ -179,11 +184,19 @@ def _compress(W: torch.Tensor, backend: str) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 class Kernel24:
     """A 2:4 matmul for :class:`SparseLinear24`: ``compress(W)`` returns the tensors to keep (they
-    become the module's buffers); ``mm(layer, X)`` takes a contiguous ``X [tokens, in]`` and returns
-    ``Y = X Wᵀ + b`` as ``[tokens, out]``. Subclass it to plug in another kernel."""
+    become the module's buffers); ``mm(layer, X)`` takes ``X [tokens, in]``, contiguous (or, when
+    ``transposed_inputs``, possibly with a contiguous ``Xᵀ``), and returns ``Y = X Wᵀ + b`` as
+    ``[tokens, out]`` in whatever strides are cheapest (the module copies when it must). Subclass it to
+    plug in another kernel."""
 
     name = "kernel"
     device_type = None  # "cuda" when the kernel runs only there
+    transposed_inputs = False  # whether mm takes an X whose transpose is contiguous without a copy
+    recastable = False  # whether model.float()/.half()/.to(dtype) may cast the stored buffers
+
+    def shape_problem(self, shape: tuple[int, int], dtype: torch.dtype) -> str | None:
+        """Why this kernel cannot hold a ``W`` of ``shape [out, in]`` and ``dtype``, or None."""
+        return None
 
     def compress(self, W: torch.Tensor) -> dict:
         raise NotImplementedError
@@ -202,6 +215,8 @@ class ReferenceKernel24(Kernel24):
     the module's logic (shapes, strides, dtype, bias, errors) is tested on CPU."""
 
     name = "reference"
+    transposed_inputs = True
+    recastable = True   # plain values (+ uint8 metadata): casting the values casts W consistently
 
     def compress(self, W):
         c = compress_24(W)
@@ -221,51 +236,83 @@ def _pad_tokens(X: torch.Tensor, multiple: int) -> torch.Tensor:
 _CSLT_LINEAR = None
 
 
+def _cslt_token_multiple(dtype: torch.dtype) -> int:
+    return torch.sparse.SparseSemiStructuredTensorCUSPARSELT._DTYPE_SHAPE_CONSTRAINTS[dtype].dense_min_rows
+
+
+def _cslt_linear_impl(X: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Tensor], out_features: int,
+                      fused_transpose: bool, alg_id: int) -> torch.Tensor:
+    """``Y = X Wᵀ + b`` as ``[tokens, out]`` from cuSPARSELt: the tokens padded to its multiple, the
+    result as cuSPARSELt wrote it (``[tokens, out]`` with the fused transpose, else a transposed view of
+    ``[out, tokens]``)."""
+    tokens = X.shape[0]
+    B = _pad_tokens(X, _cslt_token_multiple(X.dtype)).t()          # [in, tokens(+pad)]
+    if not (B.is_contiguous() or B.t().is_contiguous()):         # cuSPARSELt reads one of the two
+        B = B.contiguous()
+    if fused_transpose:   # cuSPARSELt writes [tokens(+pad), out] itself
+        Y = torch._cslt_sparse_mm(packed, B, bias=bias, transpose_result=True, alg_id=alg_id)
+        return Y[:tokens]
+    Y = torch._cslt_sparse_mm(packed, B, bias=bias, alg_id=alg_id)   # [out, tokens(+pad)]
+    return Y[:, :tokens].t()                                          # a view; the module copies if asked
+
+
+def _cslt_linear_fake(X, packed, bias, out_features, fused_transpose, alg_id):
+    tokens = X.shape[0]
+    padded = -(-tokens // _cslt_token_multiple(X.dtype)) * _cslt_token_multiple(X.dtype)
+    if fused_transpose:
+        return X.new_empty(tokens, out_features)
+    return X.new_empty(out_features, padded)[:, :tokens].t()           # the real output's strides
+
+
 def _cslt_linear():
-    """``Y [tokens, out] = X Wᵀ + b`` with cuSPARSELt, as a custom op: torch.compile then sees the right
-    output shape (the meta function of ``torch._cslt_sparse_mm`` reads ``out`` from the packed buffer's
-    first dimension, which the packed 1-D buffer does not have). Registered on first use."""
+    """:func:`_cslt_linear_impl` as the custom op ``sparselib::cslt_linear``: torch.compile then sees the
+    right output shape and strides (the meta function of ``torch._cslt_sparse_mm`` reads ``out`` from the
+    packed buffer's first dimension, which the packed 1-D buffer does not have). Registered on first use;
+    if this torch cannot register it, the plain function is used (eager and CUDA graphs need no op)."""
     global _CSLT_LINEAR
     if _CSLT_LINEAR is not None:
         return _CSLT_LINEAR
-
-    @torch.library.custom_op("sparselib::cslt_linear", mutates_args=())
-    def cslt_linear(X: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int,
-                    fused_transpose: bool, alg_id: int) -> torch.Tensor:
-        tokens = X.shape[0]
-        limits = torch.sparse.SparseSemiStructuredTensorCUSPARSELT._DTYPE_SHAPE_CONSTRAINTS[X.dtype]
-        Xp = _pad_tokens(X, limits.dense_min_rows)
-        if fused_transpose:   # cuSPARSELt writes [tokens(+pad), out] itself
-            Y = torch._cslt_sparse_mm(packed, Xp.t(), bias=bias, transpose_result=True, alg_id=alg_id)
-            return Y[:tokens].contiguous()
-        Y = torch._cslt_sparse_mm(packed, Xp.t(), bias=bias, alg_id=alg_id)   # [out, tokens(+pad)]
-        return Y[:, :tokens].t().contiguous()
-
-    @cslt_linear.register_fake
-    def _(X, packed, bias, out_features, fused_transpose, alg_id):
-        return X.new_empty(X.shape[0], out_features)
-
-    _CSLT_LINEAR = cslt_linear
-    return cslt_linear
+    try:
+        op = torch.library.custom_op("sparselib::cslt_linear", mutates_args=())(_cslt_linear_impl)
+        op.register_fake(_cslt_linear_fake)
+    except Exception as err:  # noqa: BLE001 - a torch whose custom-op API differs: run uncompiled
+        log.warning("could not register sparselib::cslt_linear (%s); cuSPARSELt runs without a custom op, "
+                    "so torch.compile cannot trace it", err)
+        op = _cslt_linear_impl
+    _CSLT_LINEAR = op
+    return op
 
 
 class CuSparseLtKernel24(Kernel24):
     """NVIDIA cuSPARSELt through ``torch._cslt_sparse_mm`` (sm_90 and later; also sm_8x).
 
     ``W`` is compressed once (``torch._cslt_compress``: values and metadata in one buffer). Each call
-    multiplies ``W`` by ``Xᵀ``. With ``fused_transpose=True`` cuSPARSELt writes the result already as
-    ``[tokens, out]`` (``transpose_result=True``); with False it writes ``[out, tokens]`` and one copy
-    makes it ``[tokens, out]``. Either way the output is contiguous, so the attention that reads q, k
-    and v keeps its fused kernels. (PyTorch's own ``F.linear`` on the tensor subclass returned the
-    transposed view instead, in torch 2.11.)
+    multiplies ``W`` by ``Xᵀ``. With ``fused_transpose=False`` (the default) cuSPARSELt writes
+    ``[out, tokens]`` and the module copies it to a contiguous ``[tokens, out]`` (unless
+    ``to_semi_structured(..., mlp_layout="transposed")`` lets the MLP keep it); with True cuSPARSELt writes
+    ``[tokens, out]`` itself (``transpose_result=True``). So q, k and v are contiguous and the attention
+    that reads them keeps its fused kernels. (PyTorch's own ``F.linear`` on the tensor subclass returned
+    the transposed view instead, in torch 2.11.)
+
+    Why the copy is the default: the one recorded GPU run (H200, torch 2.11) could not finish a
+    7B-shaped forward within 100 s with the fused transpose (through the tensor subclass's
+    ``_FUSE_TRANSPOSE``), while the non-fused layout finished every shape it was given. The fused mode
+    stays available, and ``benchmarks/semi_structured.py`` measures both (each in its own subprocess,
+    so a hang costs one part); the default changes only when a recorded run shows the fused mode
+    finishing and faster. ``alg_id``: cuSPARSELt's algorithm (0 = its default; the benchmark also
+    tries the one ``torch._cslt_sparse_mm_search`` picks per shape).
     """
 
     name = "cusparselt"
     device_type = "cuda"
+    transposed_inputs = True   # torch._cslt_sparse_mm reads a row- or a column-major dense operand
 
-    def __init__(self, fused_transpose: bool = True, alg_id: int = 0):
+    def __init__(self, fused_transpose: bool = False, alg_id: int = 0):
         self.fused_transpose = bool(fused_transpose)
         self.alg_id = int(alg_id)
+
+    def shape_problem(self, shape, dtype):
+        return shape_problem(tuple(shape), dtype, "cusparselt")
 
     def compress(self, W):
         return {"packed": torch._cslt_compress(W.contiguous())}
@@ -281,11 +328,14 @@ class CuSparseLtKernel24(Kernel24):
 class CutlassKernel24(Kernel24):
     """PyTorch's CUTLASS 2:4 kernels (``torch._sparse_semi_structured_mm``/``_addmm``), sm_8x only.
 
-    They compute ``W Xᵀ`` as ``[out, tokens]``; one copy makes the output ``[tokens, out]`` and
-    contiguous."""
+    They compute ``W Xᵀ`` as ``[out, tokens]``; the module copies it to a contiguous ``[tokens, out]``
+    unless its output may stay transposed."""
 
     name = "cutlass"
     device_type = "cuda"
+
+    def shape_problem(self, shape, dtype):
+        return shape_problem(tuple(shape), dtype, "cutlass")
 
     def compress(self, W):
         Ws = _compress(W, "cutlass")
@@ -299,7 +349,7 @@ class CutlassKernel24(Kernel24):
             Y = torch._sparse_semi_structured_mm(layer.packed, layer.meta, Xt)
         else:
             Y = torch._sparse_semi_structured_addmm(layer.bias, layer.packed, layer.meta, Xt)
-        return Y[:, :tokens].t().contiguous()
+        return Y[:, :tokens].t()
 
 
 #: kernel name -> class; "auto" in :func:`to_semi_structured` picks the GPU's backend.
@@ -327,7 +377,9 @@ class SparseLinear24(nn.Module):
     Build it with :meth:`from_linear`, or from ``weight`` (exactly 2:4, float16 or bfloat16) and
     ``bias``; ``kernel`` is "reference" (any device), "cusparselt" or "cutlass" (CUDA), or a
     :class:`Kernel24`. Inference only: it holds buffers, no trainable weight. Cast the model to its
-    final dtype and device before converting (the compressed buffers are not re-cast).
+    final dtype and device before converting: with the reference kernel ``.float()``/``.half()``/``.to()``
+    re-cast the stored values consistently; with the GPU kernels (whose buffers are packed for the
+    kernel) a change of dtype, or a move off the GPU, raises TypeError/ValueError before anything is cast.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, kernel="reference"):
@@ -339,17 +391,25 @@ class SparseLinear24(nn.Module):
             raise TypeError(f"2:4 kernels need float16 or bfloat16 weights, got {weight.dtype}; cast first: "
                             f"model.half() or model.to(torch.bfloat16)")
         out_features, in_features = weight.shape
-        bad = _violations(weight.detach())
-        if bad:
-            raise ValueError(f"weight is not 2:4 sparse: {bad} groups of 4 consecutive inputs have fewer "
-                             f"than 2 zeros; prune it first, e.g. sparselib.prune(model, 'wanda', '2:4', calib)")
-        if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (out_features,)):
-            raise ValueError(f"bias must have shape ({out_features},), got {getattr(bias, 'shape', bias)}")
+        check_nm_fits(in_features, 4, "2:4", f"this weight [{out_features}, {in_features}]")
         self.kernel = _kernel(kernel)
         if self.kernel.device_type and weight.device.type != self.kernel.device_type:
             raise ValueError(f"the {self.kernel.name} kernel runs on {self.kernel.device_type}, but the weight "
                              f"is on {weight.device}; move the model first, or use kernel='reference'")
+        problem = self.kernel.shape_problem((out_features, in_features), weight.dtype)
+        if problem:
+            raise ValueError(f"the {self.kernel.name} kernel cannot hold this weight: {problem}; keep this "
+                             f"layer dense (to_semi_structured does so and says which), or use kernel='reference'")
+        if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (out_features,)):
+            raise ValueError(f"bias must have shape ({out_features},), got {getattr(bias, 'shape', bias)}")
+        if bias is not None and bias.device != weight.device:
+            raise ValueError(f"bias is on {bias.device} but the weight is on {weight.device}; move them together")
+        bad = _violations(weight.detach())
+        if bad:
+            raise ValueError(f"weight is not 2:4 sparse: {bad} groups of 4 consecutive inputs have fewer "
+                             f"than 2 zeros; prune it first, e.g. sparselib.prune(model, 'wanda', '2:4', calib)")
         self.in_features, self.out_features, self.dtype = in_features, out_features, weight.dtype
+        self.contiguous_output = True   # False: the kernel's layout as it is (see to_semi_structured's mlp_layout)
         for key, value in self.kernel.compress(weight.detach()).items():
             self.register_buffer(key, value)
         self.register_buffer("bias", None if bias is None else bias.detach().to(weight.dtype).clone())
@@ -368,16 +428,96 @@ class SparseLinear24(nn.Module):
         if X.dtype != self.dtype:
             raise TypeError(f"X is {X.dtype} but this 2:4 layer is {self.dtype}; cast the input (the model "
                             f"and its inputs must share one dtype)")
+        device = self._device()
+        if X.device != device:
+            raise ValueError(f"X is on {X.device} but this 2:4 layer is on {device}; move the input (or the "
+                             f"model) so that both are on one device")
         lead = X.shape[:-1]
         X2 = X.reshape(-1, self.in_features)
         if X2.shape[0] == 0:
             return X.new_empty(*lead, self.out_features)
-        Y = self.kernel.mm(self, X2.contiguous())
-        return Y.contiguous().view(*lead, self.out_features)
+        if not (X2.is_contiguous() or (self.kernel.transposed_inputs and X2.t().is_contiguous())):
+            X2 = X2.contiguous()
+        Y = self.kernel.mm(self, X2)
+        if self.contiguous_output:
+            Y = Y.contiguous()
+        return Y.view(*lead, self.out_features)
+
+    def _device(self) -> torch.device:
+        return next(self.buffers()).device
+
+    def _check_apply(self, fn) -> torch.dtype:
+        """What ``model.to(...)``, ``.half()``, ``.float()``, ``.cpu()``... would make of this layer: its new
+        dtype, or a TypeError/ValueError when its kernel's buffers cannot follow (raised before anything
+        is cast; see :func:`to_semi_structured`)."""
+        probe = fn(torch.empty(0, dtype=self.dtype, device=self._device()))
+        if probe.dtype != self.dtype:
+            if not self.kernel.recastable:
+                raise TypeError(
+                    f"this model's 2:4 layers hold {self.kernel.name}-compressed buffers (values and metadata "
+                    f"packed for the kernel), which cannot be cast from {self.dtype} to {probe.dtype}. Cast the "
+                    f"dense model first, then convert: model.to({probe.dtype}); "
+                    f"sparselib.to_semi_structured(model)")
+            if not probe.dtype.is_floating_point:
+                raise TypeError(f"a 2:4 layer's weights stay floating point; cannot cast to {probe.dtype}")
+        if self.kernel.device_type and probe.device.type != self.kernel.device_type:
+            raise ValueError(f"the {self.kernel.name} kernel runs only on {self.kernel.device_type}; this model "
+                             f"cannot move to {probe.device}. Convert a dense copy there with kernel='reference'")
+        return probe.dtype
+
+    def _apply(self, fn, recurse=True):
+        dtype = self._check_apply(fn)
+        out = super()._apply(fn, recurse)
+        self.dtype = dtype
+        return out
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, dtype={self.dtype}, kernel={self.kernel!r}")
+
+
+class FusedSparseLinear24(SparseLinear24):
+    """Several linears that read the same input (q, k and v; gate and up) as one :class:`SparseLinear24`
+    whose ``W`` stacks theirs: ``[q; k; v] [q_out + k_out + v_out, in]``. One bigger product pays the
+    kernel better than three small ones. Each part's place in the model is taken by a
+    :class:`SparseSlice24`, which returns its columns of the product as a view (stride 1 along out)."""
+
+    def __init__(self, weight, bias, kernel, sizes, parts):
+        super().__init__(weight, bias, kernel)
+        self.sizes, self.parts = tuple(int(n) for n in sizes), tuple(parts)
+        self._pending = None   # (X, outputs, parts served) between the parts' calls on one input
+
+    def part(self, X: torch.Tensor, index: int) -> torch.Tensor:
+        """Part ``index`` of ``X Wᵀ + b``. The first part asked for an input computes the whole product;
+        the others, called with the very same tensor, take their slice of it. A part asked twice, or
+        another input, starts a new product, so every call returns exactly its own linear's output."""
+        pending = self._pending
+        if pending is None or pending[0] is not X or index in pending[2]:
+            pending = (X, self(X).split(self.sizes, dim=-1), set())
+        pending[2].add(index)
+        self._pending = None if len(pending[2]) == len(self.sizes) else pending
+        return pending[1][index]
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", parts={dict(zip(self.parts, self.sizes))}"
+
+
+class SparseSlice24(nn.Module):
+    """In place of one linear fused into a :class:`FusedSparseLinear24`: ``Y = X Wᵀ + b`` for this part's
+    rows of the fused ``W``. It holds no tensor (the fused module, registered once on the parent, does)."""
+
+    def __init__(self, fused: FusedSparseLinear24, index: int):
+        super().__init__()
+        object.__setattr__(self, "fused", fused)   # a reference, not a submodule: its buffers are saved once
+        self.index = index
+        self.in_features, self.out_features = fused.in_features, fused.sizes[index]
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        return self.fused.part(X, self.index)
+
+    def extra_repr(self) -> str:
+        return (f"part {self.index} ({self.fused.parts[self.index]}) of a fused 2:4 layer: "
+                f"in_features={self.in_features}, out_features={self.out_features}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -401,7 +541,8 @@ def _replace(layer: nn.Module, name: str, new: nn.Module) -> None:
     setattr(layer.get_submodule(parent) if parent else layer, child, new)
 
 
-def to_semi_structured(model: nn.Module, *, strict: bool = True, kernel="auto") -> tuple[bool, str, int]:
+def to_semi_structured(model: nn.Module, *, strict: bool = True, kernel="auto",
+                       fuse_projections: bool = False, mlp_layout: str = "contiguous") -> tuple[bool, str, int]:
     """Replace each 2:4 decoder-layer ``nn.Linear`` of ``model`` by a :class:`SparseLinear24`.
 
     Returns ``(converted, reason, n_converted)``. The weights must already be 2:4 (prune first with
@@ -417,14 +558,33 @@ def to_semi_structured(model: nn.Module, *, strict: bool = True, kernel="auto") 
     The weights must be float16 or bfloat16 (else TypeError, nothing changed); linears below the
     backend's minimum shape stay dense and are counted in the reason. Embeddings and ``lm_head`` are
     never touched. Converting is for inference: the new modules hold no trainable weight.
+
+    fuse_projections: False (default) — one :class:`SparseLinear24` per linear. True — the linears of a
+            decoder layer that read the same input (q/k/v, and gate/up where the MLP has them: the
+            architecture table's ``attn_inputs`` and ``mlp_inputs``) become one
+            :class:`FusedSparseLinear24` each (e.g. gate+up of Llama-2-7B: 22016 × 4096), registered on
+            their parent as ``qkv_proj`` / ``gate_up_proj``; each original name holds a
+            :class:`SparseSlice24` returning its columns as a view. Wider outputs use the 2:4 kernel
+            better (on the recorded H200 run, 28672 × 8192 gained far more than 4096 × 4096); the logits
+            are exactly those of the unfused conversion. ``n_converted`` still counts the original linears.
+    mlp_layout: "contiguous" (default) — every 2:4 layer returns a contiguous ``[..., out]``. "transposed"
+            — the MLP's input linears (gate/up, fc1: ``mlp_inputs``) return the kernel's own layout: the
+            non-fused cuSPARSELt and CUTLASS kernels write ``[out, tokens]``, so their output stays a
+            transposed view instead of being copied (for Llama-2-7B's gate/up at 16,384 tokens, 2 × 360 MB
+            per layer); the activation and product keep that layout, and the output linear (down_proj,
+            fc2) reads it without a copy. It relies on the MLP combining those outputs elementwise, as
+            every architecture in sparselib's table does; the logits do not change.
+
+    A converted model refuses ``save_pretrained`` (ValueError): the dense format has no place for the
+    compressed buffers, and ``from_pretrained`` would fill the decoder weights at random; save the 2:4
+    form with ``sparselib.save_24``, or the pruned model before converting. A cast its kernels cannot
+    follow (``model.float()`` with the GPU kernels) raises before any parameter is cast.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch nn.Module (a causal LM), not {type(model).__name__}")
-    if not (isinstance(kernel, Kernel24) or kernel == "auto" or kernel in KERNELS):
-        raise ValueError(f"kernel must be 'auto', one of {sorted(KERNELS)} or a Kernel24 instance, "
-                         f"not {kernel!r}")
+    _check_options(model, strict, kernel, fuse_projections, mlp_layout)
     linears = list(_linears(model))  # raises ValueError for an unsupported architecture
-    already = sum(isinstance(m, SparseLinear24) for layer in decoder_layers(model) for m in layer.modules())
+    already = sum(isinstance(m, SparseSlice24) or (isinstance(m, SparseLinear24)
+                                                   and not isinstance(m, FusedSparseLinear24))
+                  for layer in decoder_layers(model) for m in layer.modules())
     candidates, not_linear, not_24 = _sort_linears(linears, strict)
     picked = _pick_kernel(kernel, model_device(model))
     if isinstance(picked, str):
@@ -436,34 +596,149 @@ def to_semi_structured(model: nn.Module, *, strict: bool = True, kernel="auto") 
         raise TypeError(f"2:4 kernels need float16 or bfloat16 weights; this model's linears are "
                         f"{', '.join(sorted(str(d) for d in dtypes))}. Cast it first: "
                         f"model.half() or model.to(torch.bfloat16)")
-    todo, too_small = _shape_fits(candidates, backend)
+    todo, too_small = _shape_fits(candidates, kern)
+    groups = _fusable(model, todo) if fuse_projections else []
     # Compress everything first, then swap: an error half-way leaves the model unchanged.
-    new = [SparseLinear24.from_linear(module, kern) for _, _, module in todo]
-    for (layer, name, _), module in zip(todo, new):
-        _replace(layer, name, module)
-    parts = [f"converted {len(todo)} of {len(linears) + already} decoder-layer linears to 2:4 "
-             f"SparseLinear24 modules with {backend} ({reason})"]
-    for count, why in ((len(too_small), f"below {backend}'s minimum shape"
-                        + (f" (e.g. {too_small[0]})" if too_small else "")),
-                       (len(not_24), "not 2:4 (strict=False)"), (not_linear, "not nn.Linear")):
-        if count:
-            parts.append(f"{count} left dense, {why}")
-    if already:
-        parts.append(f"{already} already converted")
-    reason = "; ".join(parts)
+    swaps = _build(todo, groups, kern)
+    if mlp_layout == "transposed":
+        _keep_kernel_layout(model, swaps)
+    for parent, name, module in swaps:
+        _replace(parent, name, module)
+    if todo:
+        _guard_converted(model)
+    counts = {"converted": len(todo), "of": len(linears) + already, "groups": groups, "too_small": too_small,
+              "not_24": len(not_24), "not_linear": not_linear, "already": already}
+    reason = _conversion_reason(backend, reason, counts)
     log.info(reason)
     return bool(todo), reason, len(todo)
 
 
-def _shape_fits(candidates, backend: str):
-    """``(to convert, [why each other one stays dense])``: the backend's minimum shapes."""
+def _check_options(model, strict, kernel, fuse_projections, mlp_layout) -> None:
+    """:func:`to_semi_structured`'s arguments, checked before anything is read or changed."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch nn.Module (a causal LM), not {type(model).__name__}")
+    if not isinstance(strict, bool):
+        raise TypeError(f"strict must be True or False, not {strict!r}")
+    if not (isinstance(kernel, Kernel24) or kernel == "auto" or kernel in KERNELS):
+        raise ValueError(f"kernel must be 'auto', one of {sorted(KERNELS)} or a Kernel24 instance, "
+                         f"not {kernel!r}")
+    if not isinstance(fuse_projections, bool):
+        raise TypeError(f"fuse_projections must be True or False, not {fuse_projections!r}")
+    if mlp_layout not in ("contiguous", "transposed"):
+        raise ValueError(f"mlp_layout must be 'contiguous' or 'transposed', not {mlp_layout!r}")
+
+
+def _conversion_reason(backend: str, why: str, counts: dict) -> str:
+    """What :func:`to_semi_structured` did, in one line: converted, fused, left dense and why."""
+    parts = [f"converted {counts['converted']} of {counts['of']} decoder-layer linears to 2:4 "
+             f"SparseLinear24 modules with {backend} ({why})"]
+    if counts["groups"]:
+        kinds = sorted({"+".join(n.rpartition(".")[2].removesuffix("_proj") for n in names)
+                        for _, names, _ in counts["groups"]}, key=len)
+        parts.append(f"fused into {len(counts['groups'])} wider layers ({', '.join(kinds)})")
+    too_small = counts["too_small"]
+    for count, what in ((len(too_small), f"below {backend}'s minimum shape"
+                         + (f" (e.g. {too_small[0]})" if too_small else "")),
+                        (counts["not_24"], "not 2:4, or in_features not a multiple of 4 (strict=False)"),
+                        (counts["not_linear"], "not nn.Linear")):
+        if count:
+            parts.append(f"{count} left dense, {what}")
+    if counts["already"]:
+        parts.append(f"{counts['already']} already converted")
+    return "; ".join(parts)
+
+
+def _fusable(model: nn.Module, todo) -> list:
+    """``[(layer, names, fused name)]``: each group of linears that read one input (the architecture
+    table's ``attn_inputs``/``mlp_inputs``) whose members are all being converted and agree in
+    in_features, dtype and device."""
+    adapter = adapter_for(model)
+    by_layer = {}
+    for layer, name, module in todo:
+        by_layer.setdefault(id(layer), (layer, {}))[1][name] = module
+    groups = []
+    for layer, modules in by_layer.values():
+        for names in (adapter.attn_inputs, adapter.mlp_inputs):
+            parts = [modules.get(n) for n in names]
+            if len(names) < 2 or any(p is None for p in parts):
+                continue
+            if len({(p.in_features, p.weight.dtype, p.weight.device) for p in parts}) != 1:
+                continue
+            parent = names[0].rpartition(".")[0]
+            if any(n.rpartition(".")[0] != parent for n in names):
+                continue
+            stems = [n.rpartition(".")[2].removesuffix("_proj") for n in names]
+            fused = ("" if all(len(t) == 1 for t in stems) else "_").join(stems) + "_proj"  # qkv_proj, gate_up_proj
+            path = f"{parent}.{fused}" if parent else fused
+            owner = layer.get_submodule(parent) if parent else layer
+            if hasattr(owner, fused):
+                raise ValueError(f"cannot fuse {', '.join(names)}: the module already has an attribute "
+                                 f"{fused!r}; pass fuse_projections=False")
+            groups.append((layer, names, path))
+    return groups
+
+
+def _keep_kernel_layout(model: nn.Module, swaps) -> None:
+    """mlp_layout="transposed": the new modules in place of the MLP's input linears keep the kernel's
+    output layout (a fused gate/up module, or each of them)."""
+    inputs = set(adapter_for(model).mlp_inputs)
+    for _, name, module in swaps:
+        if isinstance(module, FusedSparseLinear24) and set(module.parts) <= inputs:
+            module.contiguous_output = False
+        elif isinstance(module, SparseLinear24) and name in inputs:
+            module.contiguous_output = False
+
+
+def _build(todo, groups, kern) -> list:
+    """``[(layer, dotted name, new module)]``: every module to put in place, built before any swap."""
+    fused_names = {(id(layer), n) for layer, names, _ in groups for n in names}
+    swaps = [(layer, name, SparseLinear24.from_linear(module, kern)) for layer, name, module in todo
+             if (id(layer), name) not in fused_names]
+    modules = {(id(layer), name): module for layer, name, module in todo}
+    for layer, names, path in groups:
+        parts = [modules[(id(layer), n)] for n in names]
+        W = torch.cat([p.weight.data for p in parts])
+        bias = None
+        if any(p.bias is not None for p in parts):
+            bias = torch.cat([p.bias.data if p.bias is not None else p.weight.new_zeros(p.out_features)
+                              for p in parts])
+        fused = FusedSparseLinear24(W, bias, kern, [p.out_features for p in parts], names)
+        swaps.append((layer, path, fused))
+        swaps.extend((layer, n, SparseSlice24(fused, i)) for i, n in enumerate(names))
+    return swaps
+
+
+def _refuse_dense_save(*args, **kwargs):
+    raise ValueError(
+        "this model was converted by sparselib.to_semi_structured: its 2:4 layers hold compressed buffers "
+        "(*.values/*.meta or a packed buffer), not a dense *.weight, so save_pretrained would write a "
+        "checkpoint that from_pretrained fills with random decoder weights. Save the 2:4 form with "
+        "sparselib.save_24(model, path) (load it with sparselib.load_24), or call save_pretrained on the "
+        "pruned dense model before converting it")
+
+
+def _guarded_apply(model: nn.Module, fn, recurse=True):
+    """``model._apply`` of a converted model: every 2:4 layer is asked first whether it can follow the
+    cast or move, so a refusal leaves the whole model as it was (not half cast)."""
+    for module in model.modules():
+        if isinstance(module, SparseLinear24):
+            module._check_apply(fn)
+    return type(model)._apply(model, fn, recurse)
+
+
+def _guard_converted(model: nn.Module) -> None:
+    """What a converted model refuses: a dense-format ``save_pretrained`` (it would lose the decoder
+    weights) and a cast its kernels' buffers cannot follow (checked for every layer before any cast)."""
+    if hasattr(model, "save_pretrained"):
+        model.save_pretrained = _refuse_dense_save
+    model._apply = functools.partial(_guarded_apply, model)
+
+
+def _shape_fits(candidates, kern: Kernel24):
+    """``(to convert, [why each other one stays dense])``: the kernel's minimum shapes."""
     todo, too_small = [], []
     for i, layer, name, module in candidates:
-        if backend in ("cutlass", "cusparselt"):
-            problem = shape_problem(tuple(module.weight.shape), module.weight.dtype, backend)
-        else:
-            problem = (f"in_features {module.in_features} is not a multiple of 4"
-                       if module.in_features % 4 else None)
+        problem = kern.shape_problem(tuple(module.weight.shape), module.weight.dtype)
         if problem:
             too_small.append(f"layer {i} {name}: {problem}")
         else:
@@ -473,11 +748,15 @@ def _shape_fits(candidates, backend: str):
 
 def _sort_linears(linears, strict: bool):
     """Split the decoder-layer linears into those to convert, those that are not ``nn.Linear`` and
-    those that are not 2:4; a non-2:4 linear raises (before anything changes) when ``strict``."""
+    those that are not 2:4 (or cannot be: in_features not a multiple of 4); any of the last raises,
+    before anything changes, when ``strict``."""
     candidates, not_linear, not_24 = [], 0, []
     for i, layer, name, module in linears:
         if not isinstance(module, nn.Linear):
             not_linear += 1  # GPT-2's Conv1D stores W transposed and does not call F.linear
+            continue
+        if module.in_features % 4:
+            not_24.append((i, name, None, module.in_features))
             continue
         bad = _violations(module.weight.data)
         if bad:
@@ -485,6 +764,13 @@ def _sort_linears(linears, strict: bool):
         else:
             candidates.append((i, layer, name, module))
     if not_24 and strict:
+        no_form = [(i, name, n_in) for i, name, bad, n_in in not_24 if bad is None]
+        if no_form:
+            i, name, n_in = no_form[0]
+            raise ValueError(
+                f"{len(no_form)} of {len(linears)} decoder-layer linears cannot be 2:4 at all: their in_features "
+                f"is not a multiple of 4, and 2:4 groups 4 consecutive inputs (first: layer {i} {name}, "
+                f"in_features {n_in}). Pass strict=False to leave them dense and convert the others.")
         i, name, bad, groups = not_24[0]
         total = sum(b for _, _, b, _ in not_24)
         raise ValueError(
@@ -538,37 +824,134 @@ def _map_tensors(fn, obj):
     return obj
 
 
+_PLAIN = (bool, int, float, str, type(None), torch.dtype, torch.device)
+
+
 def _signature(args, kwargs):
-    """What a captured graph is specialised to: every tensor's shape, dtype and device; other values."""
+    """What a captured graph is specialised to: every tensor's shape, dtype and device; plain values
+    (ints, bools, strings...) by value; any other object (a static KV cache) by identity, since the
+    graph reads and writes that object's own buffers."""
     def key(v):
         if isinstance(v, torch.Tensor):
             return ("tensor", tuple(v.shape), v.dtype, v.device)
-        return ("value", repr(v))
+        if isinstance(v, _PLAIN):
+            return ("value", repr(v))
+        return ("object", type(v).__qualname__, id(v))
     return tuple(key(v) for v in args) + tuple((k, key(v)) for k, v in sorted(kwargs.items()))
 
 
-class GraphedModel:
-    """The callable :func:`fast_inference` returns: replays a CUDA graph per input signature.
+def _describe(signature) -> str:
+    """A signature as a reader wants it: ``input_ids: [2, 16] int64, use_cache=False``."""
+    def one(v):
+        if v[0] == "tensor":
+            return f"[{', '.join(map(str, v[1]))}] {str(v[2]).replace('torch.', '')} on {v[3]}"
+        return v[1] if v[0] == "value" else f"{v[1]} object"
+    parts = []
+    for item in signature:
+        if isinstance(item[0], str) and item[0] in ("tensor", "value", "object"):
+            parts.append(one(item))
+        else:
+            parts.append(f"{item[0]}={one(item[1])}" if item[1][0] != "tensor" else f"{item[0]}: {one(item[1])}")
+    return ", ".join(parts)
 
-    ``captures`` lists, per graph: its input signature, the capture time in seconds and the GPU memory
-    it holds (``memory_bytes``: the growth of reserved memory while capturing, which the graph keeps).
-    ``eager_calls`` counts the calls that fell back to the eager model.
+
+def _refuse_dynamic(kwargs) -> None:
+    """A graph replays fixed shapes: a KV cache that grows (Hugging Face's DynamicCache, or the one a
+    model builds for ``use_cache=True``) cannot live in it. A static cache can (its buffers are fixed)."""
+    caches = [k for k, v in kwargs.items() if hasattr(v, "is_compileable")]
+    for k in caches:
+        if not kwargs[k].is_compileable:
+            raise ValueError(f"{k} is a {type(kwargs[k]).__name__}, a KV cache that grows with every token; a "
+                             f"CUDA graph replays fixed shapes. Pass a transformers StaticCache (and "
+                             f"cache_position) for decoding, or no cache")
+    if kwargs.get("use_cache") is True and not caches:
+        raise ValueError("use_cache=True without a static KV cache makes the model build a growing cache "
+                         "inside the graph; pass use_cache=False, or a transformers StaticCache")
+
+
+class GraphedModel:
+    """The callable :func:`fast_inference` returns: replays the CUDA graph captured for its inputs.
+
+    A graph is captured for one input signature (each tensor's shape, dtype and device; each other
+    argument's value; a static KV cache by identity), after ``defaults`` (e.g. ``use_cache=False``)
+    are applied to the call. A call with another signature raises ValueError naming the captured
+    ones: capturing in the middle of serving would allocate memory, take seconds and run cuSPARSELt's
+    set-up inside the capture. Capture more signatures up front with :meth:`capture` (at most
+    ``max_graphs``). ``captures`` lists, per graph: its signature, the capture time in seconds and the
+    GPU memory it holds (``memory_bytes``: the growth of reserved memory while capturing).
     """
 
-    def __init__(self, module: nn.Module, warmup: int, max_graphs: int, clone_outputs: bool):
+    def __init__(self, module: nn.Module, warmup: int, max_graphs: int, clone_outputs: bool,
+                 defaults: dict | None = None):
         self.module, self.warmup, self.max_graphs, self.clone_outputs = module, warmup, max_graphs, clone_outputs
-        self.graphs, self.captures, self.eager_calls = {}, [], 0
+        self.defaults = dict(defaults or {})
+        self.graphs, self.captures = {}, []
+        params = inspect.signature(module.forward).parameters.values()
+        self._names = [p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+
+    def _inputs(self, args, kwargs):
+        """The call as the graph sees it: positional inputs named (``model(ids)`` and
+        ``model(input_ids=ids)`` are one call), the defaults applied, dynamic caches refused."""
+        if len(args) <= len(self._names):
+            named = dict(zip(self._names, args))
+            both = sorted(set(named) & set(kwargs))
+            if both:
+                raise TypeError(f"got multiple values for {both[0]!r}")
+            args, kwargs = (), {**named, **kwargs}
+        kwargs = {**self.defaults, **kwargs}
+        _refuse_dynamic(kwargs)
+        return tuple(args), kwargs
+
+    def _entry(self, args, kwargs):
+        sig = _signature(args, kwargs)
+        if sig not in self.graphs:
+            captured = "; ".join(f"({_describe(s)})" for s in self.graphs) or "none"
+            raise ValueError(
+                f"no CUDA graph was captured for these inputs ({_describe(sig)}); captured: {captured}. A graph "
+                f"replays fixed shapes: pad the inputs to a captured shape, capture this one first with "
+                f".capture(...) (at most max_graphs={self.max_graphs}), or call the module directly")
+        return self.graphs[sig]
 
     def capture(self, *args, **kwargs) -> dict:
-        """Capture a graph for this input signature (done by the first call with it)."""
+        """Capture a graph for these inputs' signature; returns its entry of :attr:`captures`."""
+        args, kwargs = self._inputs(args, kwargs)
+        sig = _signature(args, kwargs)
+        if sig in self.graphs:
+            return next(c for c in self.captures if c["signature"] == sig)
+        if len(self.graphs) >= self.max_graphs:
+            raise ValueError(f"{len(self.graphs)} graphs are captured already (max_graphs={self.max_graphs}), "
+                             f"each holding its own GPU memory; raise max_graphs to capture ({_describe(sig)})")
         static_args = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
         static_kwargs = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+        start = time.perf_counter()
+        state = _state_tensors([v for v in kwargs.values() if hasattr(v, "is_compileable")])
+        saved = [t.clone() for t in state]
+        replay, static_out, memory = self._record(static_args, static_kwargs)
+        with torch.inference_mode():      # the warm-up and capture runs wrote into the static cache: undo
+            for t, before in zip(state, saved):
+                t.copy_(before)
+        info = {"signature": sig, "capture_s": time.perf_counter() - start, "memory_bytes": memory}
+        self.graphs[sig] = _Captured(replay, static_args, static_kwargs, static_out)
+        self.captures.append(info)
+        log.info("captured a CUDA graph in %.2f s, %.1f MiB, for %s", info["capture_s"], memory / 2**20,
+                 _describe(sig))
+        return info
+
+    def _record(self, static_args, static_kwargs):
+        """Warm up, capture one CUDA graph of the module on these (static) inputs; returns
+        ``(replay, static outputs, bytes of GPU memory the graph holds)``.
+
+        Capture hazards, and how they are met: the warm-up runs off the default stream, as the CUDA
+        graph docs ask, so cuBLAS/cuSPARSELt handles and workspaces are created before capture; inputs
+        are padded to the kernel's token multiple inside the graph (the padding is fixed per shape);
+        SparseLinear24 makes no host sync (no ``.item()``, ``.cpu()`` or data-dependent shape); a growing
+        KV cache is refused before capture (:func:`_refuse_dynamic`)."""
         torch.cuda.synchronize()
-        reserved, start = torch.cuda.memory_reserved(), time.perf_counter()
+        reserved = torch.cuda.memory_reserved()
         with torch.inference_mode():
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up off the default stream, as the CUDA graph docs ask
+            with torch.cuda.stream(side):
                 for _ in range(self.warmup):
                     self.module(*static_args, **static_kwargs)
             torch.cuda.current_stream().wait_stream(side)
@@ -576,39 +959,64 @@ class GraphedModel:
             with torch.cuda.graph(graph):
                 static_out = self.module(*static_args, **static_kwargs)
         torch.cuda.synchronize()
-        info = {"signature": _signature(args, kwargs), "capture_s": time.perf_counter() - start,
-                "memory_bytes": torch.cuda.memory_reserved() - reserved}
-        self.graphs[info["signature"]] = (graph, static_args, static_kwargs, static_out)
-        self.captures.append(info)
-        log.info("captured a CUDA graph in %.2f s, %.1f MiB, for %s", info["capture_s"],
-                 info["memory_bytes"] / 2**20, info["signature"])
-        return info
+        return graph.replay, static_out, torch.cuda.memory_reserved() - reserved
 
     def __call__(self, *args, **kwargs):
-        sig = _signature(args, kwargs)
-        if sig not in self.graphs:
-            if len(self.graphs) >= self.max_graphs:
-                if not self.eager_calls:
-                    log.warning("fast_inference: %d graphs captured already (max_graphs); inputs of a new "
-                                "shape run eagerly: %s", self.max_graphs, sig)
-                self.eager_calls += 1
-                with torch.inference_mode():
-                    return self.module(*args, **kwargs)
-            self.capture(*args, **kwargs)
-        graph, static_args, static_kwargs, static_out = self.graphs[sig]
+        args, kwargs = self._inputs(args, kwargs)
+        entry = self._entry(args, kwargs)
         with torch.inference_mode():
-            for mine, new in zip(static_args, args):
+            for mine, new in zip(entry.args, args):
                 if isinstance(mine, torch.Tensor):
                     mine.copy_(new)
-            for k, mine in static_kwargs.items():
+            for k, mine in entry.kwargs.items():
                 if isinstance(mine, torch.Tensor):
                     mine.copy_(kwargs[k])
-            graph.replay()
-            return _map_tensors(torch.clone, static_out) if self.clone_outputs else static_out
+            entry.replay()
+            return _map_tensors(torch.clone, entry.out) if self.clone_outputs else entry.out
 
-    def replay(self, *args, **kwargs):
-        """Replay the graph for these inputs' signature without copying inputs (for timing)."""
-        self.graphs[_signature(args, kwargs)][0].replay()
+    def replay(self, *args, **kwargs) -> None:
+        """Replay the graph for these inputs' signature without copying the inputs in (for timing)."""
+        self.replayer(*args, **kwargs)()
+
+    def replayer(self, *args, **kwargs):
+        """The bare replay of the graph for these inputs' signature: a callable with no argument,
+        no input copy and no checks, for timing."""
+        args, kwargs = self._inputs(args, kwargs)
+        return self._entry(args, kwargs).replay
+
+
+def _state_tensors(objects, depth: int = 3) -> list:
+    """Every tensor held by these objects (a static KV cache: its keys, values and, in transformers 5,
+    its position counter), through their attributes, lists and dicts, ``depth`` levels down. Capture
+    runs the module several times on the example inputs; these are put back as they were after."""
+    found, seen = [], set()
+
+    def walk(obj, level):
+        if isinstance(obj, torch.Tensor):
+            if id(obj) not in seen:
+                seen.add(id(obj))
+                found.append(obj)
+        elif level < depth and isinstance(obj, (list, tuple)):
+            for v in obj:
+                walk(v, level + 1)
+        elif level < depth and isinstance(obj, dict):
+            for v in obj.values():
+                walk(v, level + 1)
+        elif level < depth and hasattr(obj, "__dict__") and not isinstance(obj, (nn.Module, type)):
+            for v in vars(obj).values():
+                walk(v, level + 1)
+    for obj in objects:
+        walk(obj, 0)
+    return found
+
+
+class _Captured:
+    """One captured graph: its replay, the static inputs it reads and the outputs it writes."""
+
+    __slots__ = ("replay", "args", "kwargs", "out")
+
+    def __init__(self, replay, args, kwargs, out):
+        self.replay, self.args, self.kwargs, self.out = replay, args, kwargs, out
 
 
 def fast_inference(module: nn.Module, example_inputs, *, warmup: int = 3, max_graphs: int = 4,
@@ -617,12 +1025,20 @@ def fast_inference(module: nn.Module, example_inputs, *, warmup: int = 3, max_gr
     graphs: the host work of every kernel call — for cuSPARSELt, 0.4–0.8 ms of descriptor and plan
     set-up per matmul — is done once at capture and skipped on every replay.
 
+    Why CUDA graphs: on the recorded H200 run, replaying a graph was the one measured way to remove
+    that per-call cost (one linear went from 0.02–0.2× dense eager to 1.31–1.46× at ≥ 2048 tokens on
+    7B/70B shapes), with no compiler in the loop. ``benchmarks/semi_structured.py`` also measures the
+    alternatives per call (a searched cuSPARSELt ``alg_id``, ``torch.compile`` in "reduce-overhead" and
+    "max-autotune-no-cudagraphs" modes) so that this default is revisited from recorded figures.
+
     example_inputs: a tensor, a tuple of positional tensors, or a dict of keyword arguments (e.g.
     ``{"input_ids": ids}``); a graph is captured for them now. Hugging Face models run with
-    ``use_cache=False`` (a KV cache grows, a graph cannot). Returns a :class:`GraphedModel`: call it
-    like the module. Where it stops working: a graph replays fixed shapes. A call whose inputs differ
-    in shape, dtype or device captures a new graph (up to ``max_graphs``, each holding its own memory),
-    after that it runs eagerly (logged). The outputs are copied out of the graph's buffers
+    ``use_cache=False`` unless a static KV cache is passed (a growing cache cannot live in a graph; a
+    ``DynamicCache`` is refused). Returns a :class:`GraphedModel`: call it like the module, with inputs
+    of a captured signature (the same shapes, dtypes, devices and other arguments; ``use_cache=False``
+    is applied to every call as it was at capture). Other inputs raise ValueError naming the captured
+    signatures rather than capturing on the fly; capture more with ``.capture(...)`` (up to
+    ``max_graphs``, each holding its own memory). The outputs are copied out of the graph's buffers
     (``clone_outputs=False`` returns the buffers, overwritten by the next call). Capture time and
     memory per graph: ``.captures``. Inference only (no autograd).
 
@@ -634,19 +1050,8 @@ def fast_inference(module: nn.Module, example_inputs, *, warmup: int = 3, max_gr
     for label, value, low in (("warmup", warmup, 1), ("max_graphs", max_graphs, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{label} must be an int >= {low}, got {value!r}")
-    if isinstance(example_inputs, torch.Tensor):
-        args, kwargs = (example_inputs,), {}
-    elif isinstance(example_inputs, (tuple, list)):
-        args, kwargs = tuple(example_inputs), {}
-    elif isinstance(example_inputs, dict):
-        args, kwargs = (), dict(example_inputs)
-    else:
-        raise TypeError("example_inputs must be a tensor, a tuple of tensors or a dict of keyword arguments, "
-                        f"not {type(example_inputs).__name__}")
+    args, kwargs = _example(example_inputs)
     tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
-    if not tensors:
-        raise ValueError("example_inputs holds no tensor; pass the inputs of one real call, e.g. "
-                         "{'input_ids': ids}")
     try:
         device = model_device(module)
     except StopIteration:
@@ -659,11 +1064,35 @@ def fast_inference(module: nn.Module, example_inputs, *, warmup: int = 3, max_gr
     wrong = [t.device for t in tensors if t.device != device]
     if wrong:
         raise ValueError(f"example_inputs are on {wrong[0]} but the module is on {device}; move them first")
-    if "use_cache" in inspect.signature(module.forward).parameters:
-        kwargs.setdefault("use_cache", False)
-    graphed = GraphedModel(module, warmup, max_graphs, clone_outputs)
+    graphed = GraphedModel(module, warmup, max_graphs, clone_outputs, _defaults(module, kwargs))
     graphed.capture(*args, **kwargs)
     return graphed
+
+
+def _example(example_inputs):
+    """``(args, kwargs)`` of :func:`fast_inference`'s example inputs, checked."""
+    if isinstance(example_inputs, torch.Tensor):
+        args, kwargs = (example_inputs,), {}
+    elif isinstance(example_inputs, (tuple, list)):
+        args, kwargs = tuple(example_inputs), {}
+    elif isinstance(example_inputs, dict):
+        args, kwargs = (), dict(example_inputs)
+    else:
+        raise TypeError("example_inputs must be a tensor, a tuple of tensors or a dict of keyword arguments, "
+                        f"not {type(example_inputs).__name__}")
+    if not any(isinstance(t, torch.Tensor) for t in (*args, *kwargs.values())):
+        raise ValueError("example_inputs holds no tensor; pass the inputs of one real call, e.g. "
+                         "{'input_ids': ids}")
+    _refuse_dynamic(kwargs)
+    return args, kwargs
+
+
+def _defaults(module: nn.Module, kwargs: dict) -> dict:
+    """What every graphed call gets unless it says otherwise: ``use_cache=False`` for a model that
+    takes ``use_cache`` and was given no static cache (a growing cache cannot live in a graph)."""
+    takes = inspect.signature(module.forward).parameters
+    has_cache = any(hasattr(v, "is_compileable") for v in kwargs.values())
+    return {"use_cache": False} if "use_cache" in takes and not has_cache else {}
 
 
 # --------------------------------------------------------------------------------------------
@@ -721,7 +1150,7 @@ def benchmark_linear(out_features: int, in_features: int, tokens: int, dtype: to
     if graphs:
         for key, module in (("graph_dense_ms", dense), ("graph_sparse_ms", sparse)):
             graphed = fast_inference(module, X, clone_outputs=False)
-            result[key] = _median_ms(graphed.graphs[_signature((X,), {})][0].replay, min_run_time)
+            result[key] = _median_ms(graphed.replayer(X), min_run_time)
             del graphed
         result["graph_speedup"] = result["graph_dense_ms"] / result["graph_sparse_ms"]
     return result
