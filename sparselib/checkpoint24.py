@@ -7,7 +7,7 @@
 Each 2:4 decoder linear ``W [out, in]`` is stored as :mod:`sparselib.format24` lays it out:
 ``<name>.values [out, in/2]`` (the 2 kept values of every group of 4) and ``<name>.meta`` uint8
 ``[out, in/8]`` (their 2-bit positions). With 4- or 8-bit values (a model pruned with ``wbits=`` or
-quantized after pruning) ``values`` holds the codes instead, packed (two 4-bit codes a byte), beside
+quantized after pruning, and not yet converted) ``values`` holds the codes instead, packed (two 4-bit codes a byte), beside
 ``<name>.scale [out, groups]`` (and ``<name>.zero`` when asymmetric): a kept value's group is that of
 the input column it sat in. Everything else (embeddings, norms, linears that are not 2:4) is stored
 dense in the checkpoint's dtype (float16 or bfloat16: the dtypes 2:4 kernels take). One safetensors
@@ -30,7 +30,7 @@ from .checks import check_model_dir
 from .format24 import Compressed24, compress_24, decompress_24
 from .io import write_atomically
 from .masks import nm_violations
-from .models import decoder_layers, layer_linears
+from .models import decoder_layers
 from .quantize import QuantSpec, QuantState, quant_state
 
 SECTION = "sparselib_24"
@@ -51,24 +51,44 @@ def unpack_codes(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     return torch.stack([packed & 0xF, packed >> 4], dim=-1).reshape(packed.shape[0], -1)[:, :n].float()
 
 
-def _linears_24(model: nn.Module) -> dict:
-    """``{qualified name: module}`` of the decoder linears that are exactly 2:4 (others stay dense)."""
+def _linears_24(model: nn.Module) -> tuple[dict, set]:
+    """``({qualified name: (W [out, in], bias or None, the nn.Linear or None)}, prefixes of converted
+    modules)`` for the decoder linears that are exactly 2:4 (the others stay dense). A model converted by
+    :func:`~sparselib.to_semi_structured` works too: its SparseLinear24 modules (fused ones included) give
+    back their dense ``W``."""
+    from .semistructured import FusedSparseLinear24, SparseLinear24, SparseSlice24
+
     names = {id(m): n for n, m in model.named_modules()}
-    out = {}
+    out, converted = {}, {n for n, m in model.named_modules() if isinstance(m, SparseLinear24)}
+    fused_parts = {}
     for layer in decoder_layers(model):
-        for module in layer_linears(layer).values():
-            W = module.weight
-            if isinstance(module, nn.Linear) and W.shape[1] % 4 == 0 and nm_violations(W.detach(), 2, 4) == 0:
-                out[names[id(module)]] = module
-    return out
+        for _, module in layer.named_modules():
+            if isinstance(module, FusedSparseLinear24):
+                continue  # its parts (SparseSlice24, in the linears' places) are saved one by one
+            name = names[id(module)]
+            if isinstance(module, SparseSlice24):
+                fused: FusedSparseLinear24 = module.fused
+                if id(fused) not in fused_parts:
+                    parts = fused.dense_weight().split(fused.sizes)
+                    biases = fused.bias.split(fused.sizes) if fused.bias is not None else [None] * len(parts)
+                    fused_parts[id(fused)] = list(zip(parts, biases))
+                W, bias = fused_parts[id(fused)][module.index]
+                out[name] = (W, bias, None)
+            elif isinstance(module, SparseLinear24):
+                out[name] = (module.dense_weight(), module.bias, None)
+            elif isinstance(module, nn.Linear):
+                W = module.weight.detach()
+                if W.shape[1] % 4 == 0 and nm_violations(W, 2, 4) == 0:
+                    out[name] = (W, None, module)
+    return out, converted
 
 
 def state_24(model: nn.Module, dtype: torch.dtype | None = None) -> tuple[dict, dict]:
     """``(tensors as save_24 writes them, the config section)``."""
-    linears = _linears_24(model)
+    linears, converted = _linears_24(model)
     if not linears:
         raise ValueError("no decoder linear is 2:4 sparse; prune first: sparselib.prune(model, method, '2:4', calib)")
-    states = {name: quant_state(m) for name, m in linears.items()}
+    states = {name: quant_state(m) if m is not None else None for name, (_, _, m) in linears.items()}
     specs = {s.spec for s in states.values() if s is not None}
     spec = specs.pop() if len(specs) == 1 and all(s is not None for s in states.values()) else None
     if specs or (spec is None and any(s is not None for s in states.values())):
@@ -85,12 +105,14 @@ def state_24(model: nn.Module, dtype: torch.dtype | None = None) -> tuple[dict, 
     tensors, seen = {}, set()
     for key, tensor in model.state_dict().items():
         prefix = key.rpartition(".")[0]
-        if (prefix in linears and key.endswith(".weight")) or tensor.data_ptr() in seen:
-            continue  # 2:4 weights are written compressed; tied tensors once
+        if (prefix in linears and key.endswith(".weight")) or prefix in converted or tensor.data_ptr() in seen:
+            continue  # 2:4 weights are written compressed; converted modules' buffers too; tied tensors once
         seen.add(tensor.data_ptr())
         tensors[key] = tensor.detach().to(dtype) if tensor.is_floating_point() else tensor.detach()
-    for name, module in linears.items():
-        c = compress_24(module.weight.detach().to(dtype))
+    for name, (W, bias, _) in linears.items():
+        if bias is not None:  # a converted module's bias (an nn.Linear's stays in the state dict above)
+            tensors[f"{name}.bias"] = bias.detach().to(dtype).contiguous()
+        c = compress_24(W.detach().to(dtype))
         tensors[f"{name}.meta"] = c.meta
         if spec is None:
             tensors[f"{name}.values"] = c.values
@@ -127,7 +149,8 @@ def _float_dtype(model) -> torch.dtype:
 def save_24(model: nn.Module, out, tokenizer=None, *, dtype: torch.dtype | None = None,
             overwrite: bool = False) -> Path:
     """Write ``model``'s 2:4 decoder linears compressed (see the module docstring) to the new directory
-    ``out``. ``dtype``: float16 or bfloat16 (default: the model's, float16 for a float32 model, or the
+    ``out``; ``model`` may be pruned (dense ``nn.Linear`` with 2:4 zeros) or already converted by
+    :func:`~sparselib.to_semi_structured` (fused projections included, saved unfused). ``dtype``: float16 or bfloat16 (default: the model's, float16 for a float32 model, or the
     dtype of the scales of a quantized one). ``model`` is not changed. Raises ValueError before writing
     anything when no linear is 2:4 or the quantization settings cannot be stored."""
     from safetensors.torch import save_file

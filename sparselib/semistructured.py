@@ -420,6 +420,21 @@ class SparseLinear24(nn.Module):
             raise TypeError(f"expected an nn.Linear, not {type(linear).__name__}")
         return cls(linear.weight.data, None if linear.bias is None else linear.bias.data, kernel)
 
+    @torch.no_grad()
+    def dense_weight(self) -> torch.Tensor:
+        """``W [out, in]`` as a dense tensor (for saving, e.g. by :func:`sparselib.save_24`): the reference
+        kernel's values decompressed; any other kernel's product with the identity, bias left out (exact:
+        each output is one weight times 1 plus zeros)."""
+        if isinstance(self.kernel, ReferenceKernel24):
+            return decompress_24(Compressed24(self.values, self.meta, (self.out_features, self.in_features)))
+        bias, self.bias = self.bias, None
+        try:
+            device = next(self.buffers()).device
+            eye = torch.eye(self.in_features, dtype=self.dtype, device=device)
+            return self.kernel.mm(self, eye).t().contiguous()
+        finally:
+            self.bias = bias
+
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         if not isinstance(X, torch.Tensor):
             raise TypeError(f"SparseLinear24 takes a tensor X [..., {self.in_features}], not {type(X).__name__}")

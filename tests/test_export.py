@@ -179,3 +179,22 @@ def test_codes_pack_and_unpack(bits):
     packed = pack_codes(k, bits)
     assert packed.dtype == torch.uint8 and packed.shape == (5, 12 * bits // 8)
     assert torch.equal(unpack_codes(packed, bits, 12), k)
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+@pytest.mark.parametrize("arch", ["llama", "opt"])
+def test_a_converted_model_saves_with_save_24(fuse, arch, tmp_path):
+    """save_pretrained refuses a converted model and names save_24: save_24 must take it (fused or not)."""
+    from conftest import tiny_opt
+
+    model = tiny_llama() if arch == "llama" else tiny_opt()
+    sparselib.prune(model, "wanda", "2:4", calib(), progress=False)
+    model = params_as(model, torch.float16)
+    x = calib()[:2]
+    with torch.no_grad():
+        before = model(x).logits
+    sparselib.to_semi_structured(model, kernel="reference", fuse_projections=fuse)
+    save_24(model, tmp_path / "s")
+    loaded = load_24(tmp_path / "s")
+    with torch.no_grad():
+        assert torch.equal(loaded(x).logits, before)
