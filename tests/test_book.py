@@ -229,3 +229,117 @@ def test_toc_readme_and_titles_agree_on_the_chapter_order():
         assert first.startswith(f"# {int(path.stem[:2])}. "), f"{path.name}: title should start '# {int(path.stem[:2])}. '"
     readme = re.findall(r"^\| (\d+) \| ", (ROOT / "README.md").read_text(), flags=re.M)
     assert readme == [str(int(n)) for n in numbers], f"README's chapter table rows {readme} != {numbers}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Chapter 8 reasons from one recorded GPU run. Its measurements reach the prose only as glued values,
+# the roofline figures it words come from sparselib.course.roofline on the recorded file, and its quiz
+# (which cannot glue) quotes figures that the same computation reproduces.
+
+CH8 = ROOT / "chapters" / "08-sparse-tensor-cores.ipynb"
+# a measured quantity written out: a decimal speedup (1.46×) or a number with a unit of time, rate,
+# size or share (0.171 ms, 4.1 TB/s, 265 MB, 38%)
+MEASUREMENT = re.compile(r"(?<![\w.:])\d+(?:\.\d+)?\s?(?:%|ms\b|µs\b|TB/s|TFLOP/s|GB\b|MB\b|MiB\b)"
+                         r"|(?<![\w.])\d+\.\d+\s?×")
+NO_TYPED_MEASUREMENTS = [CH8]
+
+
+def _prose(text: str) -> str:
+    """Markdown without code, math and glued values: what is typed by hand."""
+    text = re.sub(r"`{3,}\w*\n.*?\n`{3,}", "", text, flags=re.S)      # fenced code (the exercise solutions)
+    text = NOT_PROSE.sub("", text)
+    text = re.sub(r"\$[^$]*\$", "", text)                             # inline math
+    return re.sub(r"`[^`]*`", "", text)                               # inline code
+
+
+def test_measurement_pattern_tells_typed_figures_from_structure():
+    for typed in ("ran at 1.46× dense", "took 0.171 ms", "moved 4.1 TB/s", "265 MB", "at 38% of"):
+        assert MEASUREMENT.search(_prose(typed)), typed
+    for fine in ("at most 2× for the multiply", "8 × 2048 tokens", "dense ms / 2:4 ms", "16 tokens", "sm_90",
+                 "ran at {glue:text}`x:.2f`×", "$4.5/8$ of that", "`0.5`"):
+        assert not MEASUREMENT.search(_prose(fine)), fine
+
+
+@pytest.mark.parametrize("path", NO_TYPED_MEASUREMENTS, ids=lambda p: p.name)
+def test_measurements_reach_the_prose_only_through_glue(path):
+    typed = [f"cell {i}: {m.group(0)!r}" for kind, i, text in _cells(path) if kind == "markdown"
+             for m in MEASUREMENT.finditer(_prose(text))]
+    assert not typed, f"{path.name}: glue these from the data instead of typing them:\n" + "\n".join(typed)
+
+
+def _h200_points():
+    from sparselib.course import roofline
+    from sparselib.course.results import gpu_runs
+
+    run = next(r for r in gpu_runs() if r["name"] == "semi_structured_gpu_2026-11-29_h200")
+    return run, roofline.recorded_points(run)
+
+
+def test_chapter8_words_the_roofline_figures_it_glues():
+    used = {m.group(1).split(":")[0] for kind, _, t in _cells(CH8) if kind == "markdown"
+            for m in re.finditer(r"\{glue(?::\w+)?\}`([^`]+)`", t)}
+    roofline_names = {"h200_bw", "h200_dense", "h200_sparse", "ridge_dense", "ridge_24", "few_dense_tb_lo",
+                      "few_dense_bw_hi", "few_24_tb_hi", "few_24_bw_hi", "big16_dense_tb", "big16_24_tb",
+                      "big16_bw_ratio", "big16_bytes_ratio", "big16_speedup", "many_dense_roof_hi",
+                      "many_24_roof_hi", "many_ratio_lo", "tiny_floor_ratio", "big_share_lo", "big_share_hi",
+                      "prof_est_speedup"}
+    assert roofline_names <= used, f"chapter 8 no longer words {sorted(roofline_names - used)}"
+
+
+def test_chapter8_roofline_claims_hold_in_the_recorded_data():
+    """What the chapter says in words about the points, checked on the file it loads."""
+    from sparselib.course import roofline
+
+    run, points = _h200_points()
+    graph = [p for p in points if p["path"] == "cuda_graph"]
+    large = [p for p in graph if p["out_features"] * p["in_features"] >= 4096 * 4096]
+    for d in (p for p in large if p["kind"] == "dense"):
+        s = roofline.point(points, d["out_features"], d["in_features"], d["tokens"], "cuda_graph", "2:4")
+        if d["tokens"] == 16:       # few tokens: both held by memory, 2:4 streams far below dense
+            assert d["bound"] == s["bound"] == "memory"
+            assert d["of_bandwidth"] > 0.65 and s["tb_s"] < 0.4 * d["tb_s"]
+            assert s["tb_s"] / d["tb_s"] < s["bytes"] / d["bytes"]    # so 2:4 is slower there
+        if d["tokens"] >= 2048:     # many tokens: both held by arithmetic, 2:4 further from its roof
+            assert d["bound"] == s["bound"] == "compute"
+            assert s["of_roof"] < d["of_roof"]
+    big = [r["speedup"] for r in run["linear"] if r["path"] == "cuda_graph" and r["tokens"] >= 2048
+           and r["out_features"] * r["in_features"] >= 11008 * 4096]
+    assert (round(roofline.gain_share(min(big)), 2), round(roofline.gain_share(max(big)), 2)) == (0.31, 0.46)
+    smol = {(p["out_features"], p["in_features"]) for p in graph if max(p["out_features"], p["in_features"]) <= 1536}
+    assert smol == {(576, 576)}     # the only SmolLM2 shape replayed from a graph (chapters 8 and 9)
+    assert max(r["speedup"] for r in run["end_to_end"]) < 1          # no whole model got faster
+
+
+def test_chapter8_quiz_quotes_the_recorded_figures():
+    """Quiz 8's roofline question quotes figures (a quiz cannot glue): each is what the run gives."""
+    from sparselib.course import roofline
+
+    _, points = _h200_points()
+    d, s = (roofline.point(points, 28672, 8192, 16, "cuda_graph", k) for k in ("dense", "2:4"))
+    h = roofline.H200
+    quiz = json.dumps(sparselib.load_quiz("08-sparse-tensor-cores"), ensure_ascii=False)
+    expected = [f"{s['ms']:.3f} ms with 2:4 weights and {d['ms']:.3f} ms dense",
+                f"about {s['bytes'] / 1e6:.0f} MB against {d['bytes'] / 1e6:.0f} MB",
+                f"dense moved about {d['tb_s']:.1f} TB/s, near the H200's {h.bandwidth / 1e12:.1f} TB/s",
+                f"moved only about {s['tb_s']:.2f} TB/s", f"about {d['bytes'] / s['bytes']:.2f}×",
+                f"the measured {d['ms'] / s['ms']:.2f}×",
+                f"about {d['intensity']:.0f} FLOPs per byte dense and {s['intensity']:.0f} with 2:4",
+                f"about {h.ridge['dense']:.0f} and {h.ridge['2:4']:.0f} FLOPs per byte"]
+    missing = [e for e in expected if e not in quiz]
+    assert not missing, f"quiz 8 no longer quotes the recorded figures: {missing}"
+    assert s["tb_s"] / d["tb_s"] < 0.40 and "under 40 % of dense's rate" in quiz
+
+
+def test_chapter8_states_the_cusparselt_default_the_code_has():
+    """The chapter says sparselib's cuSPARSELt kernel writes the output non-fused by default, because the
+    fused layout is the one the recorded run could not finish; the code must agree."""
+    import inspect
+
+    from sparselib.semistructured import CuSparseLtKernel24
+
+    text = " ".join(t for kind, _, t in _cells(CH8) if kind == "markdown")
+    assert re.search(r"\*\*non-fused\*\*\s+mode, its default", text)
+    default = inspect.signature(CuSparseLtKernel24.__init__).parameters["fused_transpose"].default
+    assert default is False, "chapter 8 says the non-fused cuSPARSELt layout is the default"
+    run, _ = _h200_points()
+    assert any("_FUSE_TRANSPOSE = True" in f["what"] for f in run["data"]["failures"])

@@ -1,12 +1,15 @@
-"""Chapter 6, Sparse Tensor Cores: reading a 2:4 metadata byte, and the roofline speed-up of 2:4."""
+"""Chapter 8, 2:4 on the hardware: reading a 2:4 metadata byte, and placing the recorded H200 points on
+the roofline."""
 from __future__ import annotations
 
 import itertools
 
 import torch
 
-from ...format24 import compress_24, storage_bytes
-from ._answers import call, need_function, number
+from ...format24 import compress_24
+from .. import roofline
+from ..results import gpu_runs
+from ._answers import call, close, need_function, number
 from .registry import checker
 
 _BYTE = 0b11010100
@@ -42,28 +45,81 @@ def check_meta_byte(fb, first_group, second_group):
 
 @checker("ex-stc-roofline")
 def check_roofline(fb, fn):
-    """Your ``fn(T)`` -> the model's 2:4 speed-up for the 4096 × 11008 fp16 layer at ``T`` tokens with
-    R = 150 (peak FLOP/s over bytes/s)."""
-    need_function(fn, "check_roofline(model_speedup)")
-    out_f, in_f, R = 4096, 11008, 150.0
-    meta = storage_bytes(out_f, in_f, torch.float16)
-    ratio = meta["total"] / meta["dense"]  # 4.5 / 8, from the format itself
-
-    def want(T):
-        dense = max(2 * T * in_f * out_f / R, 2 * (in_f * out_f + T * in_f + T * out_f))
-        sparse = max(T * in_f * out_f / R, 2 * (in_f * out_f * ratio + T * in_f + T * out_f))
-        return dense / sparse
-
-    for T in (1, 16, 128, 256, 1024, 8192):
-        got = call(fb, fn, T)
+    """Your ``fn(out_features, in_features, tokens, ms, sparse)`` -> ``(flop_per_byte, tflop_per_s)``:
+    one recorded fp16 linear placed on the roofline (FLOPs of the dense product, compulsory bytes),
+    checked on every point of the recorded H200 run."""
+    need_function(fn, "check_roofline(place)")
+    run = next((r for r in gpu_runs() if r["provenance"].get("gpu") in roofline.PEAKS), None)
+    if run is None:
+        raise RuntimeError("no recorded GPU run with published peaks in sparselib/results/")
+    points = roofline.recorded_points(run)
+    for p in sorted(points, key=lambda p: p["path"] != "cuda_graph"):   # the kernels' own times first
+        shape = (p["out_features"], p["in_features"], p["tokens"], p["ms"], p["kind"] == "2:4")
+        got = call(fb, fn, *shape)
         if got is None:
             return fb
-        got = number(got, f"fn({T})")
-        if abs(got - want(T)) <= 1e-3 * want(T):
+        if not isinstance(got, (tuple, list)) or len(got) != 2:
+            return fb.fail(f"return two numbers, (FLOPs per byte, TFLOP/s); got {got!r}")
+        intensity, tflop_s = number(got[0], "flop_per_byte"), number(got[1], "tflop_per_s")
+        if close(intensity, p["intensity"], 1e-3) and close(tflop_s, p["tflop_s"], 1e-3):
             continue
-        if T == 1 and abs(got - 2.0) < 0.05:
-            return fb.fail("fn(1) ≈ 2: at one token the layer is bound by the bytes it reads, and 2:4 "
-                           "keeps 4.5 of 8 bytes of weights, not half")
-        return fb.fail(f"fn({T}) = {got:.4f}, expected {want(T):.4f}: time = max(FLOPs / R, bytes), "
-                       f"2:4 halves the FLOPs and keeps {ratio} of the weight bytes")
-    fb.note(f"speed-up {want(1):.2f}× at T=1, {want(8192):.2f}× at T=8192")
+        where = (f"{p['out_features']}x{p['in_features']} at T={p['tokens']}, {p['kind']}, {p['ms']} ms "
+                 f"({'from a CUDA graph' if p['path'] == 'cuda_graph' else 'eager'})")
+        return fb.fail(f"{where}: you placed it at {intensity:.4g} FLOP/byte, {tflop_s:.4g} TFLOP/s; "
+                       f"expected {p['intensity']:.4g} and {p['tflop_s']:.4g}. "
+                       + _roofline_mistake(p, intensity, tflop_s))
+    _roofline_findings(fb, points, run)
+
+
+def _roofline_mistake(p: dict, intensity: float, tflop_s: float) -> str:
+    """The usual reason a placed point is off, read from the ratios to the right values."""
+    o, i, t, sparse = p["out_features"], p["in_features"], p["tokens"], p["kind"] == "2:4"
+    act = 2 * t * (i + o)
+    r_flops = tflop_s / p["tflop_s"]
+    for ratio, why in ((1e3, "the time is in milliseconds: seconds = ms × 1e-3"),
+                       (1e-3, "the time is in milliseconds: seconds = ms × 1e-3"),
+                       (1e12, "report TFLOP/s: FLOP/s / 1e12"),
+                       (1e9, "report TFLOP/s (FLOP/s / 1e12) with the time in seconds (ms × 1e-3)"),
+                       (1e15, "report TFLOP/s (FLOP/s / 1e12) with the time in seconds (ms × 1e-3)")):
+        if close(r_flops, ratio, 1e-3):
+            return why
+    if close(r_flops, 0.5, 1e-3):
+        if sparse:
+            return ("count the FLOPs of the dense product, 2·T·in·out, for 2:4 too: the datasheet's "
+                    "'with sparsity' peak counts them that way, so a 2:4 kernel at its ceiling shows twice "
+                    "the dense rate")
+        return "a multiply-add is 2 FLOPs: 2·T·in·out"
+    flops = p["flops"]
+    if close(flops / intensity, p["bytes"] - act, 1e-3):
+        return "count the activations too: X [T, in] is read and Y [T, out] written, 2 bytes per value"
+    if sparse and close(flops / intensity, act + 2 * o * i / 2, 1e-3):
+        return "the 2:4 weight keeps 4.5 of every 8 bytes (values plus 2-bit positions), not half"
+    if sparse and close(flops / intensity, act + 2 * o * i, 1e-3):
+        return "the 2:4 weight is stored compressed: 4.5 of every 8 dense bytes"
+    if close(flops / intensity, 2 * p["bytes"], 1e-3):
+        return "fp16 is 2 bytes per value, not 4"
+    if close(flops / intensity, p["bytes"] / 2, 1e-3):
+        return "fp16 is 2 bytes per value: count bytes, not values"
+    return ("intensity = 2·T·in·out / (weight bytes + 2·T·in + 2·T·out); TFLOP/s = 2·T·in·out / "
+            "(ms·1e-3) / 1e12")
+
+
+def _roofline_findings(fb, points, run):
+    """What the placed points say, in numbers (the exercise's questions)."""
+    graph = [p for p in points if p["path"] == "cuda_graph"]
+    big = max({(p["out_features"], p["in_features"]) for p in graph}, key=lambda s: s[0] * s[1])
+    prov = run["provenance"]
+    fb.note(f"right on all {len(points)} recorded points of the run on the {prov['gpu']} "
+            f"({prov['date_utc'][:10]})")
+    for tokens in (min(p["tokens"] for p in graph), max(p["tokens"] for p in graph)):
+        d, s = (roofline.point(points, *big, tokens, "cuda_graph", k) for k in ("dense", "2:4"))
+        line = f"{big[0]}x{big[1]} at T={tokens}, from a CUDA graph: "
+        if d["bound"] == s["bound"] == "memory":
+            line += (f"both left of their ridge (bound by memory); dense moves {d['tb_s']:.2f} TB/s "
+                     f"({d['of_bandwidth']:.0%} of the bandwidth), 2:4 {s['tb_s']:.2f} TB/s "
+                     f"({s['of_bandwidth']:.0%}); the roofline predicts {d['bytes'] / s['bytes']:.2f}x for "
+                     f"2:4, the run measured {d['ms'] / s['ms']:.2f}x")
+        else:
+            line += (f"dense is {d['bound']}-bound at {d['of_roof']:.0%} of its roof, 2:4 {s['bound']}-bound "
+                     f"at {s['of_roof']:.0%} of its own; measured {d['ms'] / s['ms']:.2f}x")
+        fb.note(line)
