@@ -7,10 +7,12 @@ two kernel libraries:
 
   * CUTLASS — PyTorch's own kernels, built for compute capability 8.x only (A100 sm_80, A10/RTX 30
     sm_86, L4/RTX 40 sm_89). Elsewhere they fail with "Supported only on GPUs with compute capability 8.x".
-  * cuSPARSELt — NVIDIA's library; it is what runs on Hopper (sm_90) and later. Note that
-    ``torch.backends.cusparselt.is_available()`` only says the library was linked into this build, not that
-    the GPU has Sparse Tensor Cores: on a T4 (sm_75) it is True and the first call fails with
-    "architecture mismatch".
+  * cuSPARSELt — NVIDIA's library, for sm_80, sm_86, sm_89, sm_90 and later, and PyTorch's default
+    wherever it is linked in (``_FORCE_CUTLASS`` is False). sparselib's "auto" nevertheless picks CUTLASS
+    on sm_8x and cuSPARSELt from sm_90 on: a choice of this library, not PyTorch's, and not yet backed by
+    a measurement on an sm_8x GPU. Note that ``torch.backends.cusparselt.is_available()`` only says the
+    library was linked into this build, not that the GPU has Sparse Tensor Cores: on a T4 (sm_75) it is
+    True and the first call fails with "architecture mismatch".
 
 Neither runs on CPU: PyTorch raises "Only CUDA tensors are currently supported". So every function here
 first asks :func:`can_use_sparse_kernels`, and on a machine that cannot, says why and changes nothing.
@@ -19,8 +21,9 @@ first asks :func:`can_use_sparse_kernels`, and on a machine that cannot, says wh
 flattens its input to 2-D, calls the kernel directly and returns a contiguous output, so attention keeps
 its fused kernels and ``generate`` works at any batch. Its kernel is pluggable; on CPU a reference kernel
 (decompress, then a dense matmul) computes the same product, which is how the module is tested there.
-Measured on an H200 (``sparselib/results/semi_structured_gpu_*``), cuSPARSELt spends 0.4-0.8 ms on the
-host per call; :func:`fast_inference` replays CUDA graphs so that this set-up is paid once, at capture.
+Measured on an H200 (``sparselib/results/semi_structured_gpu_*``), PyTorch's ``_cslt_sparse_mm`` wrapper
+spends 0.4-0.8 ms on the host per call (it rebuilds cuSPARSELt's descriptors and plan every time);
+:func:`fast_inference` replays CUDA graphs so that this set-up is paid once, at capture.
 """
 from __future__ import annotations
 

@@ -270,9 +270,9 @@ html_table([["GGUF Q4_1's rule (float minimum)", f"{float((q4_1_rule(W) - W).abs
 code(r"""
 glue("trap_blocks", trap["blocks_of_32"], display=False)
 glue("trap_most", trap["most_values_in_a_block"], display=False)
-rtn_trap = {k: points[k]["perplexity"] for k in ("rtn int4 g32 asym", "rtn int4 g32", "rtn int4 g64", "rtn int4")}
-for k, v in rtn_trap.items():
-    glue("trap_" + k.replace(" ", "_"), v, display=False)
+trap_tags = {"rtn int4 g32 asym": "g32_asym", "rtn int4 g32": "g32", "rtn int4 g64": "g64", "rtn int4": "row"}
+for key, tag in trap_tags.items():
+    glue(f"trap_{tag}", points[key]["perplexity"], display=False)
 glue("trap_dense", points["fp16"]["perplexity"], display=False)
 assert trap["q4_1_round_trip_max_relative_change"] == 0 and float((q4_1_rule(W) - W).abs().max()) == 0
 assert trap["blocks_with_at_most_16_values"] == trap["blocks_of_32"] and float((asym32 - W).abs().max()) > 0
@@ -287,8 +287,8 @@ is the float minimum that makes the match. sparselib's asymmetric grid, like GPT
 compressed-tensors', rounds its zero point to an integer; that shifts the grid by up to half a step
 against Q4_1's, and the weights move by as much as any rounding moves them. The recorded
 perplexities show no free lunch for it either: RTN int4 with groups of 32 reaches
-{glue:text}`trap_rtn_int4_g32_asym:.2f` asymmetric and {glue:text}`trap_rtn_int4_g32:.2f` symmetric,
-groups of 64 {glue:text}`trap_rtn_int4_g64:.2f` and one grid per row {glue:text}`trap_rtn_int4:.2f`,
+{glue:text}`trap_g32_asym:.2f` asymmetric and {glue:text}`trap_g32:.2f` symmetric,
+groups of 64 {glue:text}`trap_g64:.2f` and one grid per row {glue:text}`trap_row:.2f`,
 against {glue:text}`trap_dense:.2f` dense. Still, a group of 32 lines up with Q4_1's blocks (same
 spacing when the block spans both signs), so the frontier below uses symmetric grids and groups of 64,
 which do not; on Colab, the last section repeats the comparison on the published bf16 checkpoint.
