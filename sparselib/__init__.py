@@ -45,8 +45,8 @@ _COURSE = {
     "load_quiz": "quiz", "show_quiz": "quiz",
     "check_agreement": "results", "gpu_runs": "results", "load_result": "results", "missing": "results",
     "provenance": "results", "recorded": "results", "save_result": "results", "sweep_point": "results",
-    "outlier_channels": "viz", "row_errors": "viz", "seed_example": "viz", "visualizer_data": "viz",
-    "visualizer_html": "viz", "visualizer_widget": "viz",
+    "outlier_channels": "viz", "row_errors": "viz", "seed_example": "viz", "toy_layer": "viz",
+    "visualizer_data": "viz", "visualizer_html": "viz", "visualizer_widget": "viz",
 }
 
 

@@ -1,4 +1,4 @@
-"""The checkers of chapter 7, the visualizer (ch04_visualizer): right answers pass, the usual
+"""The checkers of chapter 4, the visualizer (ch04_visualizer): right answers pass, the usual
 wrong answers fail with the note that names the mistake, bad arguments raise."""
 import pytest
 
@@ -11,7 +11,7 @@ def notes(fb):
 
 
 def test_outlier_threshold():
-    W, x_norm = sparselib.seed_example()
+    W, x_norm = sparselib.toy_layer()
     data = sparselib.visualizer_data(W, x_norm)
     first = {m: next(s for s, st in zip(data["sparsities"], data["states"][m]) if st["pruned_on_outliers"])
              for m in ("magnitude", "wanda")}

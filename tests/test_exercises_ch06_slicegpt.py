@@ -1,4 +1,4 @@
-"""The checkers of chapter 5, SliceGPT (ch06_slicegpt): right answers pass, the usual
+"""The checkers of chapter 6, SliceGPT (ch06_slicegpt): right answers pass, the usual
 wrong answers fail with the note that names the mistake, bad arguments raise."""
 import pytest
 import torch

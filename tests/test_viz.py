@@ -50,7 +50,7 @@ def assert_views_are_library_masks(W, x_norm, data):
 
 
 def test_html_embeds_the_library_masks_for_every_mode_and_sparsity():
-    W, x_norm = sparselib.seed_example()
+    W, x_norm = sparselib.toy_layer()
     page = sparselib.visualizer_html(W, x_norm)
     (data,) = embedded(page)
     assert [m["key"] for m in data["modes"]] == list(MODES)
@@ -60,7 +60,7 @@ def test_html_embeds_the_library_masks_for_every_mode_and_sparsity():
 
 
 def test_the_initial_grid_shows_the_requested_view():
-    W, x_norm = sparselib.seed_example()
+    W, x_norm = sparselib.toy_layer()
     page = sparselib.visualizer_html(W, x_norm, mode="wanda", sparsity=0.5, element_id="t1")
     kept = [int(k) for k in re.findall(r'<td class="sv-cell"[^>]*data-kept="(\d)"', page)]
     assert torch.equal(torch.tensor(kept, dtype=torch.bool).reshape(W.shape),
@@ -70,7 +70,7 @@ def test_the_initial_grid_shows_the_requested_view():
 
 
 def test_magnitude_cuts_the_outlier_pathways_and_wanda_keeps_them():
-    W, x_norm = sparselib.seed_example()
+    W, x_norm = sparselib.toy_layer()
     outliers = sparselib.outlier_channels(x_norm)
     median = x_norm.quantile(0.5)
     assert outliers.any() and (x_norm[outliers] > 10 * median).all() and (x_norm[~outliers] <= 10 * median).all()
@@ -98,7 +98,7 @@ def test_magnitude_cuts_the_outlier_pathways_and_wanda_keeps_them():
 
 
 def test_two_four_view_prunes_exactly_two_of_every_four():
-    W, x_norm = sparselib.seed_example()
+    W, x_norm = sparselib.toy_layer()
     (state,) = sparselib.visualizer_data(W, x_norm)["states"]["2:4"]
     groups = shown(state).reshape(W.shape[0], -1, 4)
     assert (groups.sum(-1) == 2).all()
@@ -106,7 +106,7 @@ def test_two_four_view_prunes_exactly_two_of_every_four():
 
 
 def test_row_error_is_the_sum_of_pruned_wanda_scores_squared():
-    W, x_norm = sparselib.seed_example()
+    W, x_norm = sparselib.toy_layer()
     data = sparselib.visualizer_data(W, x_norm)
     S = wanda_scores(W, x_norm)
     dense = (S ** 2).sum(1).sqrt()
@@ -118,7 +118,7 @@ def test_row_error_is_the_sum_of_pruned_wanda_scores_squared():
 
 
 def test_row_error_equals_measured_output_error_for_uncorrelated_inputs():
-    W, x_norm = sparselib.seed_example()
+    W, x_norm = sparselib.toy_layer()
     X = torch.eye(8, dtype=torch.float64) * x_norm.double()     # orthogonal channels with these norms
     keep = library_mask(W, x_norm, "magnitude", 0.5)
     measured = (X @ (W.double() * ~keep).t()).norm(dim=0)
@@ -126,7 +126,7 @@ def test_row_error_equals_measured_output_error_for_uncorrelated_inputs():
 
 
 def test_ipywidgets_version_redraws_the_library_mask():
-    W, x_norm = sparselib.seed_example()
+    W, x_norm = sparselib.toy_layer()
     box = sparselib.visualizer_widget(W, x_norm)
     buttons, slider, view = box.children
     assert buttons.options == tuple((m["label"], m["key"]) for m in box.visualizer_data["modes"])
@@ -141,14 +141,14 @@ def test_ipywidgets_version_redraws_the_library_mask():
 
 
 def test_the_legend_says_how_outliers_were_chosen():
-    W, x_norm = sparselib.seed_example()
+    W, x_norm = sparselib.toy_layer()
     assert "median" in sparselib.visualizer_data(W, x_norm)["outlier_rule"]
     mine = sparselib.visualizer_html(W, x_norm, outliers=x_norm > 30, outlier_rule="norm above 30")
     assert "(norm above 30)" in mine and embedded(mine)[0]["outliers"] == (x_norm > 30).tolist()
 
 
 def test_labels_are_escaped():
-    W, x_norm = sparselib.seed_example()
+    W, x_norm = sparselib.toy_layer()
     page = sparselib.visualizer_html(W, x_norm, title="<b>x</b>", row_names=["<i>"] * 4)
     assert "<b>x</b>" not in page and html.escape("<b>x</b>") in page and "<i>" not in page.split("<script")[0]
 
@@ -215,7 +215,7 @@ def test_the_page_inlines_the_package_front_end_and_has_every_hook_its_script_us
 
     static = resources.files("sparselib.course") / "static"
     css, js = (static / "visualizer.css").read_text(), (static / "visualizer.js").read_text()
-    W, x_norm = sparselib.seed_example()
+    W, x_norm = sparselib.toy_layer()
     page = sparselib.visualizer_html(W, x_norm, element_id="hooks")
     assert css in page and js in page and 'sparsityVisualizer(document.getElementById("hooks"))' in page
     assert css in sparselib.visualizer_widget(W, x_norm).children[2].value
@@ -225,3 +225,11 @@ def test_the_page_inlines_the_package_front_end_and_has_every_hook_its_script_us
     for selector in selectors:
         tag, _, cls = selector.rpartition(".")
         assert re.search(rf'<{tag or "[a-z]+"}\b[^>]*class="[^"]*\b{re.escape(cls)}\b', page), selector
+
+
+def test_the_old_name_of_the_toy_layer_warns_and_returns_the_same_tensors():
+    W, x_norm = sparselib.toy_layer()
+    with pytest.warns(DeprecationWarning, match="toy_layer"):
+        W_old, x_old = sparselib.seed_example()
+    assert torch.equal(W_old, W) and torch.equal(x_old, x_norm)
+    assert "toy_layer" in dir(sparselib)

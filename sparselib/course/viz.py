@@ -25,6 +25,7 @@ import html
 import itertools
 import json
 import string
+import warnings
 from importlib import resources
 from typing import Sequence
 
@@ -47,15 +48,23 @@ MAX_WEIGHTS = 4096
 _ids = itertools.count()
 
 
-def seed_example() -> tuple[torch.Tensor, torch.Tensor]:
-    """The course's toy layer: ``W [4, 8]`` and input norms ``x_norm [8]`` with two outlier channels
-    (1 and 6) — the numbers of the Sparsity Visualizer in the course's seed text."""
+def toy_layer() -> tuple[torch.Tensor, torch.Tensor]:
+    """The course's toy layer: ``W [4, 8]`` and input norms ``x_norm [8]`` with two outlier input
+    channels (1 and 6). The Wanda chapter builds a 2:4 mask on it by hand and the visualizer chapter
+    opens on it."""
     x_norm = torch.tensor([1.0, 50.0, 1.2, 0.8, 1.1, 0.9, 40.0, 1.0])
     W = torch.tensor([[0.1, -0.9, 0.2, 0.4, -0.1, 0.8, -0.3, 0.5],
                       [-0.5, 0.2, -0.1, -0.8, 0.6, -0.2, 0.1, -0.4],
                       [0.3, -0.4, 0.7, -0.2, -0.5, 0.3, -0.9, 0.1],
                       [-0.2, 0.5, -0.3, 0.1, 0.4, -0.7, 0.2, -0.6]])
     return W, x_norm
+
+
+def seed_example() -> tuple[torch.Tensor, torch.Tensor]:
+    """Deprecated name of :func:`toy_layer` (same tensors); use ``sparselib.toy_layer()``."""
+    warnings.warn("sparselib.seed_example() is renamed sparselib.toy_layer(); the old name will be "
+                  "removed in a later release", DeprecationWarning, stacklevel=2)
+    return toy_layer()
 
 
 # --------------------------------------------------------------------------------------------

@@ -103,9 +103,9 @@ async function testVisualizer(page, base) {
   assert.ok(roots.length >= 2, `expected the toy and the SmolLM2 visualizers on ${VIZ_PAGE}, found ${roots.length}`);
   const data = await Promise.all(roots.map((r) => r.$eval("script.sv-data", (s) => JSON.parse(s.textContent))));
   const lib = libraryMasks(data);
-  assert.ok(data.some((d) => JSON.stringify(d.W) === JSON.stringify(lib.seed.W)
-                             && JSON.stringify(d.x_norm) === JSON.stringify(lib.seed.x_norm)),
-            "no visualizer on the page shows the course's toy layer (sparselib.seed_example())");
+  assert.ok(data.some((d) => JSON.stringify(d.W) === JSON.stringify(lib.toy.W)
+                             && JSON.stringify(d.x_norm) === JSON.stringify(lib.toy.x_norm)),
+            "no visualizer on the page shows the course's toy layer (sparselib.toy_layer())");
 
   for (const [n, root] of roots.entries()) {
     const d = data[n], want = lib.widgets[n];

@@ -2,7 +2,7 @@
 
 The browser test sends the matrices it finds embedded in the page (JSON on stdin:
 ``[{"W": ..., "x_norm": ..., "sparsities": [...]}, ...]``) and compares the page's cells with these
-masks. Output (stdout): ``{"seed": {"W", "x_norm"}, "widgets": [{mode: [keep per step]}]}``, with
+masks. Output (stdout): ``{"toy": {"W", "x_norm"}, "widgets": [{mode: [keep per step]}]}``, with
 one step for "dense" and "2:4" and one per sparsity for "magnitude" and "wanda".
 """
 import json
@@ -27,8 +27,8 @@ def views(W: torch.Tensor, x_norm: torch.Tensor, sparsities: list[float]) -> dic
 
 def main() -> None:
     requests = json.load(sys.stdin)
-    W, x_norm = sparselib.seed_example()
-    json.dump({"seed": {"W": W.tolist(), "x_norm": x_norm.tolist()},
+    W, x_norm = sparselib.toy_layer()
+    json.dump({"toy": {"W": W.tolist(), "x_norm": x_norm.tolist()},
                "widgets": [views(torch.tensor(r["W"]), torch.tensor(r["x_norm"]), r["sparsities"])
                            for r in requests]}, sys.stdout)
 

@@ -18,7 +18,7 @@ from .ch01_landscape import check_breakeven, check_group_code_saving, check_nm_s
 from .ch02_magnitude import check_magnitude_mask, check_magnitude_types
 from .ch03_wanda import check_outlier_fractions, check_wanda_24
 from .ch04_visualizer import check_outlier_threshold, check_row_errors
-from .ch05_sparsegpt import check_blocksize_claim, check_damping_errors
+from .ch05_sparsegpt import check_blocksize_claim, check_damping_errors, check_sparsegpt_columns
 from .ch06_slicegpt import check_fold, check_slice_head, check_sliced_params
 from .ch07_beyond_50 import check_masked_merge, check_owl_sparsities
 from .ch08_sparse_tensor_cores import check_meta_byte, check_roofline

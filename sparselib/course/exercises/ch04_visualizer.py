@@ -1,11 +1,11 @@
-"""Chapter 7, the visualizer: when Wanda first reaches an outlier channel, and each row's output error."""
+"""Chapter 4, the visualizer: when Wanda first reaches an outlier channel, and each row's output error."""
 from __future__ import annotations
 
 import torch
 
 from ...masks import unstructured_mask
 from ...scores import wanda_scores
-from ..viz import row_errors, seed_example, visualizer_data
+from ..viz import row_errors, toy_layer, visualizer_data
 from ._answers import call, close, need_function, number
 from .registry import checker
 
@@ -13,9 +13,9 @@ from .registry import checker
 @checker("ex-viz-threshold")
 def check_outlier_threshold(fb, sparsity):
     """The first slider sparsity at which Wanda prunes a weight on an outlier channel of the toy layer
-    (``sparselib.seed_example()``)."""
+    (``sparselib.toy_layer()``)."""
     got = number(sparsity, "sparsity")
-    W, x_norm = seed_example()
+    W, x_norm = toy_layer()
     data = visualizer_data(W, x_norm)
     first = {mode: next((s for s, st in zip(data["sparsities"], data["states"][mode]) if st["pruned_on_outliers"]),
                         None) for mode in ("magnitude", "wanda")}

@@ -1,4 +1,4 @@
-"""Chapter 5, SliceGPT: folding a LayerNorm into the next linear, and counting a sliced model."""
+"""Chapter 6, SliceGPT: folding a LayerNorm into the next linear, and counting a sliced model."""
 from __future__ import annotations
 
 import torch
