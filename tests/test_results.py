@@ -61,3 +61,40 @@ def test_recovery_results_hold_every_point_of_the_benchmark_at_its_budget():
             assert len(p["losses"]) == bench.BUDGET["steps"]
     first = rec["points"]["owl|wanda|0.7"]["first_steps"]
     assert first["budget"] == bench.BUDGET and len(first["losses"]) == bench.BUDGET["live_steps"]
+
+
+# --- noise over calibration seeds ---------------------------------------------------------------
+def test_spread_is_the_sample_mean_std_min_max():
+    s = sparselib.spread([1.0, 2.0, 4.0])
+    assert s["mean"] == pytest.approx(7 / 3) and s["n"] == 3 and (s["min"], s["max"]) == (1.0, 4.0)
+    assert s["std"] == pytest.approx(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) ** 0.5 / 2 ** 0.5)
+    assert sparselib.spread([5.0])["std"] == 0.0   # one run (e.g. magnitude: no calibration) has no spread
+    with pytest.raises(ValueError):
+        sparselib.spread([])
+
+
+def test_over_seeds_runs_each_seed_once_and_resumes():
+    calls, saved = [], []
+
+    def measure(seed):
+        calls.append(seed)
+        return {"perplexity": 10.0 + seed, "note": "text is kept, not summarised"}
+
+    first = sparselib.over_seeds(measure, [0, 1], after_each=saved.append)
+    assert calls == [0, 1] and len(saved) == 2 and saved[0]["seeds"] == [0]
+    assert first["perplexity"]["mean"] == 10.5 and "note" not in first and first["runs"]["1"]["perplexity"] == 11.0
+    again = sparselib.over_seeds(measure, [0, 1, 2], runs=first["runs"])  # resumed: only seed 2 runs
+    assert calls == [0, 1, 2] and again["seeds"] == [0, 1, 2] and again["perplexity"]["n"] == 3
+    assert sparselib.over_seeds(lambda s: 2.0 * s, [1, 2])["value"]["mean"] == 3.0   # a bare number
+    with pytest.raises(ValueError, match="distinct"):
+        sparselib.over_seeds(measure, [0, 0])
+
+
+def test_compare_needs_a_gap_larger_than_both_error_bars():
+    a, b = sparselib.spread([10.0, 11.0, 12.0]), sparselib.spread([13.5, 14.5, 15.5])  # std 1 each, gap 3.5
+    assert sparselib.compare(a, b) == {"gap": -3.5, "noise": 2.0, "verdict": "lower"}
+    assert sparselib.compare(b, a)["verdict"] == "higher"
+    c = sparselib.spread([11.5, 12.5, 13.5])  # gap 1.5 < 2: the bars overlap
+    assert sparselib.compare(a, c)["verdict"] == "within noise"
+    with pytest.raises(TypeError, match="spread"):
+        sparselib.compare(10.0, a)
