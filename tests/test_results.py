@@ -98,3 +98,43 @@ def test_compare_needs_a_gap_larger_than_both_error_bars():
     assert sparselib.compare(a, c)["verdict"] == "within noise"
     with pytest.raises(TypeError, match="spread"):
         sparselib.compare(10.0, a)
+
+
+def _benchmark(name):
+    import importlib.util
+    path = results.RESULTS_DIR.parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_seed_spread_holds_every_point_over_the_first_seeds_and_seed_0_is_the_sweeps_draw():
+    bench = _benchmark("seed_spread")
+    rec = sparselib.load_result(bench.NAME)
+    assert rec["provenance"]["protocol"] == bench.PROTOCOL and rec["seeds"] == bench.SEEDS
+    sweep = sparselib.load_result("sweep_smollm2_brown")
+    for method, sparsity, options in bench.UNCALIBRATED:  # no calibration: one run, no spread
+        p = sparselib.seed_point(method, sparsity, **options)
+        assert not p["calibration"] and p["perplexity"]["n"] == 1 and p["perplexity"]["std"] == 0.0
+    for method, sparsity, options in bench.CALIBRATED:
+        p = sparselib.seed_point(method, sparsity, **options)
+        seeds = [int(s) for s in p["runs"]]
+        assert seeds == bench.SEEDS[:len(seeds)] and len(seeds) >= bench.MINIMUM_SEEDS, \
+            f"{bench.key(method, sparsity, options)}: seeds {seeds}; run benchmarks/seed_spread.py"
+        for name in ("perplexity", "short_perplexity"):  # the summary is the spread of the runs
+            assert p[name] == sparselib.spread([p["runs"][str(s)][name] for s in seeds])
+        key = bench.key(method, sparsity, options)
+        if key in sweep["points"]:  # the same protocol and draw: the same number, up to the thread count
+            assert p["runs"]["0"]["perplexity"] == pytest.approx(sweep["points"][key]["perplexity"], rel=2e-3)
+
+
+def test_task_accuracy_holds_every_point_and_its_items():
+    bench = _benchmark("task_accuracy")
+    rec = sparselib.load_result(bench.NAME)
+    assert rec["provenance"]["protocol"] == bench.PROTOCOL
+    n = len(sparselib.lastword_items())
+    for k in ["dense"] + [bench.key(m, s) for m, s in bench.PRUNED + bench.SLICED]:
+        p = rec["points"][k]
+        assert len(p["items"]) == p["n"] == n and p["items"].count("1") == p["correct"]
+        assert p["lastword_accuracy"] == p["correct"] / n

@@ -44,6 +44,17 @@ class _Rigged(nn.Module):
         return SimpleNamespace(logits=logits)
 
 
+class _AllLogits(nn.Module):
+    """The same model without ``logits_to_keep``: the scorer takes its every-position path."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.config = model, model.config
+
+    def forward(self, input_ids, use_cache=False):
+        return self.model(input_ids=input_ids, use_cache=use_cache)
+
+
 ITEMS = [{"context": "the jury said the", "target": "jury"},
          {"context": "a much longer passage about Atlanta and its mayor, then", "target": "Atlanta"},
          {"context": "x", "target": "yz"},
@@ -95,6 +106,7 @@ def test_the_greedy_words_of_a_real_architecture_are_counted_right_and_a_changed
         if all(33 <= i < 127 for i in ids[0, -3:].tolist()):  # printable, no space: the tokenizer gives them back
             items.append({"context": context, "target": word})
     assert sparselib.lastword_correct(model, tok, items, batch_size=4) == [True] * 6
+    assert sparselib.lastword_correct(_AllLogits(model), tok, items, batch_size=4) == [True] * 6
     changed = [{**i, "target": i["target"][:2] + chr(33 + (ord(i["target"][2]) - 32) % 94)} for i in items]
     assert sparselib.lastword_correct(model, tok, changed, batch_size=4) == [False] * 6
 
@@ -165,7 +177,7 @@ def _word_tokenizer():
 
 
 def test_evaluate_tasks_runs_lm_eval_offline_on_a_local_task(monkeypatch):
-    pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install 'lm-eval>=0.4.9'); "
+    pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install 'sparselib[tasks]'); "
                                           "evaluate_tasks' plumbing is tested where it is")
     monkeypatch.chdir(ROOT)  # the task's data_files are relative to the repository root
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
