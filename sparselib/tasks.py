@@ -193,7 +193,7 @@ def evaluate_tasks(model, tokenizer, tasks=PAPER_TASKS, *, num_fewshot: int = 0,
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model_device(model)))
         out = lm_eval.simple_evaluate(model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit,
                                       task_manager=manager, random_seed=seed, numpy_random_seed=seed,
-                                      torch_random_seed=seed, fewshot_random_seed=seed, bootstrap_iters=0,
+                                      torch_random_seed=seed, fewshot_random_seed=seed, bootstrap_iters=1000,
                                       log_samples=False)
     finally:
         model.train(was_training)
