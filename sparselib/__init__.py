@@ -33,6 +33,7 @@ from .sliced_checkpoint import load_sliced, register_sliced, save_sliced
 from .sliced_checkpoint import register_when_transformers_loads as _register_when_transformers_loads
 from .sparsegpt import sparsegpt_prune, sparsegpt_prune_shared
 from .storage import SCHEMES, Storage, matrix_bytes, model_bytes
+from .tasks import PAPER_TASKS, evaluate_tasks, lastword_accuracy, lastword_correct, lastword_items
 from .version import __version__
 
 # AutoModelForCausalLM.from_pretrained loads a SliceGPT checkpoint after `import sparselib`: the sliced
@@ -45,6 +46,7 @@ _COURSE = {
     "load_quiz": "quiz", "show_quiz": "quiz",
     "check_agreement": "results", "gpu_runs": "results", "load_result": "results", "missing": "results",
     "provenance": "results", "recorded": "results", "save_result": "results", "sweep_point": "results",
+    "compare": "results", "over_seeds": "results", "seed_point": "results", "spread": "results",
     "outlier_channels": "viz", "row_errors": "viz", "seed_example": "viz", "toy_layer": "viz",
     "visualizer_data": "viz", "visualizer_html": "viz", "visualizer_widget": "viz",
 }

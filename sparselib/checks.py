@@ -335,3 +335,25 @@ def check_positive(value, name: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite number > 0, got {value}")
     return float(value)
+
+
+# --------------------------------------------------------------------------------------------
+# Task accuracy (sparselib.tasks)
+# --------------------------------------------------------------------------------------------
+def check_text_items(items, fields, name: str = "items") -> None:
+    """A non-empty list of dicts, each with a non-empty str under every key of ``fields``."""
+    if not isinstance(items, (list, tuple)) or not items:
+        raise TypeError(f"{name} must be a non-empty list of dicts with keys {list(fields)}, "
+                        f"e.g. sparselib.lastword_items()")
+    for item in items:
+        if not isinstance(item, dict) or not all(isinstance(item.get(f), str) and item[f].strip() for f in fields):
+            raise TypeError(f"every one of {name} must be a dict with a non-empty str under each of {list(fields)}, "
+                            f"got {item!r}")
+
+
+def check_task_names(tasks, name: str = "tasks") -> None:
+    """One task name or a non-empty list of them (lm-eval names such as "boolq")."""
+    names = [tasks] if isinstance(tasks, str) else tasks
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(t, str) and t for t in names):
+        raise TypeError(f"{name} must be a task name or a non-empty list of them, e.g. ['boolq', 'arc_easy'], "
+                        f"got {tasks!r}")

@@ -61,3 +61,94 @@ def test_recovery_results_hold_every_point_of_the_benchmark_at_its_budget():
             assert len(p["losses"]) == bench.BUDGET["steps"]
     first = rec["points"]["owl|wanda|0.7"]["first_steps"]
     assert first["budget"] == bench.BUDGET and len(first["losses"]) == bench.BUDGET["live_steps"]
+
+
+# --- noise over calibration seeds ---------------------------------------------------------------
+def test_spread_is_the_sample_mean_std_min_max():
+    s = sparselib.spread([1.0, 2.0, 4.0])
+    assert s["mean"] == pytest.approx(7 / 3) and s["n"] == 3 and (s["min"], s["max"]) == (1.0, 4.0)
+    assert s["std"] == pytest.approx(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) ** 0.5 / 2 ** 0.5)
+    assert sparselib.spread([5.0])["std"] == 0.0   # one run (e.g. magnitude: no calibration) has no spread
+    with pytest.raises(ValueError):
+        sparselib.spread([])
+
+
+def test_over_seeds_runs_each_seed_once_and_resumes():
+    calls, saved = [], []
+
+    def measure(seed):
+        calls.append(seed)
+        return {"perplexity": 10.0 + seed, "note": "text is kept, not summarised"}
+
+    first = sparselib.over_seeds(measure, [0, 1], after_each=saved.append)
+    assert calls == [0, 1] and len(saved) == 2 and saved[0]["seeds"] == [0]
+    assert first["perplexity"]["mean"] == 10.5 and "note" not in first and first["runs"]["1"]["perplexity"] == 11.0
+    again = sparselib.over_seeds(measure, [0, 1, 2], runs=first["runs"])  # resumed: only seed 2 runs
+    assert calls == [0, 1, 2] and again["seeds"] == [0, 1, 2] and again["perplexity"]["n"] == 3
+    assert sparselib.over_seeds(lambda s: 2.0 * s, [1, 2])["value"]["mean"] == 3.0   # a bare number
+    with pytest.raises(ValueError, match="distinct"):
+        sparselib.over_seeds(measure, [0, 0])
+
+
+def test_compare_needs_a_gap_larger_than_both_error_bars():
+    a, b = sparselib.spread([10.0, 11.0, 12.0]), sparselib.spread([13.5, 14.5, 15.5])  # std 1 each, gap 3.5
+    assert sparselib.compare(a, b) == {"gap": -3.5, "noise": 2.0, "verdict": "lower"}
+    assert sparselib.compare(b, a)["verdict"] == "higher"
+    c = sparselib.spread([11.5, 12.5, 13.5])  # gap 1.5 < 2: the bars overlap
+    assert sparselib.compare(a, c)["verdict"] == "within noise"
+    with pytest.raises(TypeError, match="spread"):
+        sparselib.compare(10.0, a)
+
+
+def _benchmark(name):
+    import importlib.util
+    path = results.RESULTS_DIR.parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_seed_spread_records_are_consistent_and_seed_0_is_the_sweeps_draw():
+    bench = _benchmark("seed_spread")
+    rec = sparselib.load_result(bench.NAME)
+    assert rec["provenance"]["protocol"] == bench.PROTOCOL and rec["seeds"] == bench.SEEDS
+    sweep = sparselib.load_result("sweep_smollm2_brown")
+    for key, p in rec["points"].items():
+        if not p["calibration"]:  # magnitude: one run, no spread by construction
+            assert p["perplexity"]["n"] == 1 and p["perplexity"]["std"] == 0.0
+            assert p["perplexity"]["mean"] == pytest.approx(sweep["points"][key]["perplexity"], rel=2e-3)
+            continue
+        seeds = [int(s) for s in p["runs"]]
+        assert seeds == bench.SEEDS[:len(seeds)], f"{key}: seeds {seeds} are not the first of SEEDS"
+        for name in ("perplexity", "short_perplexity"):  # the summary is the spread of the runs
+            assert p[name] == sparselib.spread([p["runs"][str(s)][name] for s in seeds])
+        if key in sweep["points"] and seeds:  # the same protocol and draw: the same number, up to threads
+            assert p["runs"]["0"]["perplexity"] == pytest.approx(sweep["points"][key]["perplexity"], rel=2e-3)
+
+
+def test_seed_spread_holds_every_point_over_the_first_seeds():
+    bench = _benchmark("seed_spread")
+    for method, sparsity, options in bench.UNCALIBRATED:
+        assert not sparselib.seed_point(method, sparsity, **options)["calibration"]
+    for method, sparsity, options in bench.CALIBRATED:
+        n = len(sparselib.seed_point(method, sparsity, **options)["runs"])
+        assert n >= bench.MINIMUM_SEEDS, \
+            f"{bench.key(method, sparsity, options)}: {n} seeds; run benchmarks/seed_spread.py (it resumes)"
+
+
+def test_task_accuracy_records_are_consistent():
+    bench = _benchmark("task_accuracy")
+    rec = sparselib.load_result(bench.NAME)
+    assert rec["provenance"]["protocol"] == bench.PROTOCOL
+    n = len(sparselib.lastword_items())
+    for k, p in rec["points"].items():
+        assert len(p["items"]) == p["n"] == n and p["items"].count("1") == p["correct"]
+        assert p["lastword_accuracy"] == p["correct"] / n
+
+
+def test_task_accuracy_holds_every_point():
+    bench = _benchmark("task_accuracy")
+    points = sparselib.load_result(bench.NAME)["points"]
+    missing = [k for k in ["dense"] + [bench.key(m, s) for m, s in bench.PRUNED + bench.SLICED] if k not in points]
+    assert not missing, f"{missing}: run benchmarks/task_accuracy.py (it resumes)"

@@ -165,3 +165,87 @@ def gpu_runs() -> list[dict]:
         runs.append({"name": path.stem, "provenance": data["provenance"], "linear": linear,
                      "end_to_end": e2e["rows"] if isinstance(e2e, dict) else e2e, "data": data})
     return sorted(runs, key=lambda run: run["provenance"].get("date_utc", ""))
+
+
+# --------------------------------------------------------------------------------------------
+# Noise: one measurement repeated over calibration seeds
+# --------------------------------------------------------------------------------------------
+def spread(values) -> dict:
+    """``mean``, ``std`` (sample standard deviation, n − 1; 0 for one value), ``min``, ``max`` and
+    ``n`` of a list of numbers: the error bar of a point measured over several seeds."""
+    import statistics
+
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("spread needs at least one value")
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values), "n": len(values)}
+
+
+def over_seeds(measure, seeds, runs: dict | None = None, after_each=None) -> dict:
+    """Run ``measure(seed)`` for every seed of ``seeds`` and summarise: the spread of each number.
+
+    measure:    ``seed -> {name: number}`` (e.g. prune with ``calibration_data(..., seed=seed)``
+                and return ``{"perplexity": ...}``), or ``seed -> number`` (recorded as ``"value"``).
+    runs:       ``{str(seed): {name: number}}`` already measured (a resumed sweep); those seeds are
+                not run again.
+    after_each: called with the summary so far after every new seed (to save it: a sweep that is
+                stopped keeps its work).
+
+    Returns ``{"seeds": [...], "runs": {str(seed): {...}}, name: spread(...) for each name}`` over
+    the seeds of ``seeds`` (:func:`spread`: mean, std, min, max, n).
+    """
+    seeds = list(seeds)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct and at least one, got {seeds}")
+    runs = dict(runs or {})
+
+    def summary() -> dict:
+        done = [s for s in seeds if str(s) in runs]
+        out = {"seeds": done, "runs": {str(s): runs[str(s)] for s in done}}
+        names = {n for s in done for n, v in runs[str(s)].items() if isinstance(v, (int, float))}
+        for n in sorted(names):
+            out[n] = spread([runs[str(s)][n] for s in done if n in runs[str(s)]])
+        return out
+
+    for seed in seeds:
+        if str(seed) in runs:
+            continue
+        value = measure(seed)
+        runs[str(seed)] = value if isinstance(value, dict) else {"value": value}
+        if after_each is not None:
+            after_each(summary())
+    return summary()
+
+
+SEED_SPREAD = "seed_spread_smollm2"
+
+
+def seed_point(method: str, sparsity, name: str = SEED_SPREAD, **options) -> dict:
+    """One recorded point of ``benchmarks/seed_spread.py``: ``{"perplexity": spread, "short_perplexity":
+    spread, "runs": {seed: ...}, ...}``. ``options``: ``nsamples=8`` or ``layer_sparsity="owl"``."""
+    points = load_result(name)["points"]
+    key = f"{method}|{sparsity}|{','.join(f'{k}={v}' for k, v in sorted(options.items()))}"
+    if key not in points:
+        raise ValueError(f"{name} has no point {key!r}; run benchmarks/seed_spread.py to record it")
+    return points[key]
+
+
+def compare(a: dict, b: dict) -> dict:
+    """Is ``a`` lower or higher than ``b`` beyond the noise of either, or within it?
+
+    ``a`` and ``b`` are spreads (:func:`spread`, e.g. ``seed_point(...)["perplexity"]``). The rule is
+    the one a reader applies to two error bars: the gap between the means must exceed the sum of the
+    two standard deviations (the bars mean ± std do not overlap). Otherwise the two are "within
+    noise". A point measured without calibration (std 0, e.g. magnitude) still has the other's bar.
+
+    Returns ``{"gap": mean_a − mean_b, "noise": std_a + std_b, "verdict": "lower" | "higher" |
+    "within noise"}`` (the verdict reads "a is ... than b").
+    """
+    for s, label in ((a, "a"), (b, "b")):
+        if not isinstance(s, dict) or not {"mean", "std"} <= set(s):
+            raise TypeError(f"{label} must be a spread with 'mean' and 'std' (sparselib.results.spread, "
+                            f"or seed_point(...)['perplexity']), got {s!r}")
+    gap, noise = a["mean"] - b["mean"], a["std"] + b["std"]
+    verdict = "within noise" if abs(gap) <= noise else ("lower" if gap < 0 else "higher")
+    return {"gap": gap, "noise": noise, "verdict": verdict}
