@@ -231,7 +231,7 @@ def test_console_script_and_python_m():
 
 
 def test_the_chapter_checkers(tiny, tmp_path, capsys):
-    """sparselib.exercises' checkers for chapter 10: right answers pass, the usual mistakes are named."""
+    """sparselib.exercises' checkers for chapter 11: right answers pass, the usual mistakes are named."""
     from sparselib import exercises
 
     out = tmp_path / "sliced"

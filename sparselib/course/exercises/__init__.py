@@ -23,7 +23,7 @@ from .ch06_slicegpt import check_fold, check_slice_head, check_sliced_params
 from .ch07_beyond_50 import check_masked_merge, check_owl_sparsities
 from .ch08_sparse_tensor_cores import check_meta_byte, check_roofline
 from .ch09_smaller import check_bits_24_int4, check_rtn_groups
-from .ch09_comparison import check_stored_size_24, check_within_budget
-from .ch10_prune_your_own import check_sliced_checkpoint, check_sweep_table
+from .ch10_comparison import check_stored_size_24, check_within_budget
+from .ch11_prune_your_own import check_sliced_checkpoint, check_sweep_table
 
 __all__ = ["CHECKERS", "Feedback", "checker", *sorted(f.__name__ for f in CHECKERS.values())]

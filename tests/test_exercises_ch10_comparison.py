@@ -1,4 +1,4 @@
-"""The checkers of chapter 8, the comparison (ch09_comparison): right answers pass, the usual
+"""The checkers of chapter 10, the comparison (ch10_comparison): right answers pass, the usual
 wrong answers fail with the note that names the mistake, bad arguments raise."""
 import pytest
 

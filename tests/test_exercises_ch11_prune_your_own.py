@@ -1,4 +1,4 @@
-"""The checkers of chapter 9, prune your own (ch10_prune_your_own): right answers pass, the usual
+"""The checkers of chapter 11, prune your own (ch11_prune_your_own): right answers pass, the usual
 wrong answers fail with the note that names the mistake, bad arguments raise. The sliced checkpoint
 here is written by sparselib.save_sliced beside the two report.json fields the checker reads
 (tests/test_cli.py checks that `sparselib prune` writes them)."""

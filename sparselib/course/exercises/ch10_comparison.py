@@ -1,4 +1,4 @@
-"""Chapter 8, the comparison: the stored size of a 2:4 model, and the sparsity each method reaches
+"""Chapter 10, the comparison: the stored size of a 2:4 model, and the sparsity each method reaches
 within a perplexity budget."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Chapter 9, prune your own: what `sparselib prune` wrote, read back and checked."""
+"""Chapter 11, prune your own: what `sparselib prune` wrote, read back and checked."""
 from __future__ import annotations
 
 import json
