@@ -1,0 +1,344 @@
+"""A peer, side by side: llm-compressor's SparseGPT and Wanda beside sparselib's, on SmolLM2-135M.
+
+Both libraries prune the same dequantised SmolLM2-135M-Instruct (the safetensors directory that
+``sparselib.load_model()`` caches, fp32), calibrate on the same 32 Brown train windows of 256 tokens
+(``sparselib.calibration_data``, seed 0, handed to llm-compressor as a dataset of exactly those token
+ids: no re-tokenisation, no padding), and are scored by the same code: ``sparselib.perplexity`` on the
+standard Brown test slice (16,384 tokens, windows of 256), in this process, after the pruned weights
+are loaded into sparselib's own copy of the model. Only the pruning code differs.
+
+llm-compressor pins its own transformers, so it runs in its own virtualenv, ``.venv-peer`` in the
+repository root, made on first use by this script (pip: ``torch==2.13.0`` first, so that the local
+CPU build is taken, then ``llmcompressor==0.14.0.1``; about 2 minutes). Each llm-compressor run is a
+fresh process in that venv (``--worker``), which writes the pruned weights to a temporary folder.
+Runs of the two libraries are interleaved so that the load of a shared machine falls on both; each
+run records the load average before and after it.
+
+Writes ``sparselib/results/peer_llmcompressor_smollm2.json`` after every run (resumable: runs already
+in the file are skipped unless ``--redo``). Not part of ``make test``.
+
+    .venv/bin/python benchmarks/peer_llmcompressor.py [--only NAME ...] [--redo] [--list]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NAME = "peer_llmcompressor_smollm2"
+PEER_VENV = ROOT / ".venv-peer"
+PEER_VERSION = "0.14.0.1"
+PEER_TORCH = "2.13.0"
+PEER_READY = PEER_VENV / f".installed-llmcompressor-{PEER_VERSION}"
+PROTOCOL = dict(model="smollm2-135m", dtype="float32", calib="brown", nsamples=32, seqlen=256, seed=0,
+                eval_tokens=16384, eval_seqlen=256, peer=f"llmcompressor=={PEER_VERSION}")
+OWL = dict(M=5.0, lam=0.08)  # the OWL paper's values, sparselib's defaults (sparselib.owl)
+
+# What a new user writes (llm-compressor's documented defaults and its 2:4 example's ignore list).
+NEW_USER = dict(targets=["Linear"], ignore=["lm_head"])
+# The same, with lm_head excluded the way llm-compressor's docstrings write it (a regex).
+FIXED = dict(targets=["Linear"], ignore=["re:.*lm_head"])
+
+
+def _run(name, library, method, sparsity, role, note="", pair=None, **settings):
+    return dict(name=name, library=library, method=method, sparsity=sparsity, role=role, note=note,
+                pair=pair, settings=settings)
+
+
+# In the order they run: the two libraries alternate. ``pair``: the sparselib run a peer run is
+# compared with. ``settings`` of an llm-compressor run: modifier arguments (targets, ignore,
+# dampening_frac, block_size, sparsity_profile, owl_m, owl_lmbda) and oneshot arguments (pipeline,
+# propagate_error, batch_size, shuffle_calibration_samples), each at llm-compressor's default
+# unless given; of a sparselib run: ``sparselib.prune`` options.
+RUNS = [
+    _run("sparselib/sparsegpt/2:4", "sparselib", "sparsegpt", "2:4", "point"),
+    _run("llmcompressor/sparsegpt/2:4/new-user", "llmcompressor", "sparsegpt", "2:4", "reproduction",
+         "the issue's new-user run: 0.14.0.1 defaults, targets=['Linear'], ignore=['lm_head']",
+         pair="sparselib/sparsegpt/2:4", **NEW_USER),
+    _run("llmcompressor/sparsegpt/2:4", "llmcompressor", "sparsegpt", "2:4", "point",
+         "one change from the new-user run: lm_head ignored by regex, ignore=['re:.*lm_head']",
+         pair="sparselib/sparsegpt/2:4", **FIXED),
+    _run("sparselib/sparsegpt/0.5", "sparselib", "sparsegpt", 0.5, "point"),
+    _run("llmcompressor/sparsegpt/0.5", "llmcompressor", "sparsegpt", 0.5, "point",
+         pair="sparselib/sparsegpt/0.5", **FIXED),
+    _run("sparselib/wanda/2:4", "sparselib", "wanda", "2:4", "point"),
+    _run("llmcompressor/wanda/2:4", "llmcompressor", "wanda", "2:4", "point",
+         pair="sparselib/wanda/2:4", **FIXED),
+    _run("sparselib/wanda/0.5", "sparselib", "wanda", 0.5, "point"),
+    _run("llmcompressor/wanda/0.5", "llmcompressor", "wanda", 0.5, "point",
+         pair="sparselib/wanda/0.5", **FIXED),
+    _run("sparselib/wanda/0.7/owl", "sparselib", "wanda", 0.7, "point", layer_sparsity="owl"),
+    _run("llmcompressor/wanda/0.7/owl", "llmcompressor", "wanda", 0.7, "point",
+         "OWL profile; targets = the decoder layers, as its OWL examples write them",
+         pair="sparselib/wanda/0.7/owl", targets=[r"re:model.layers.\d+$"], ignore=["re:.*lm_head"],
+         sparsity_profile="owl", owl_m=OWL["M"], owl_lmbda=OWL["lam"]),
+]
+
+
+def run_names() -> list[str]:
+    """Every run's name, in order (a run's name is its key in the result file)."""
+    return [r["name"] for r in RUNS]
+
+
+def relative_gap(peer: float, ours: float) -> float:
+    """``peer / ours - 1``: how much higher the peer's perplexity is than sparselib's (negative: lower)."""
+    if not ours > 0:
+        raise ValueError(f"sparselib's perplexity must be positive, got {ours!r}")
+    return peer / ours - 1.0
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------------------------------
+# The peer's virtualenv
+# --------------------------------------------------------------------------------------------------
+def ensure_peer_venv(python: str = "python3") -> Path:
+    """``.venv-peer/bin/python``, creating the venv first if it is missing (as the Makefile makes
+    ``.venv-floor``: torch from the local wheel first, then llm-compressor and what it pins)."""
+    py = PEER_VENV / "bin" / "python"
+    if PEER_READY.exists():
+        return py
+    print(f"creating {PEER_VENV} (llmcompressor=={PEER_VERSION}; a few minutes)", flush=True)
+    start = time.perf_counter()
+    subprocess.run([python, "-m", "venv", str(PEER_VENV)], check=True)
+    pip = [str(py), "-m", "pip", "install", "--quiet"]
+    subprocess.run(pip + ["--upgrade", "pip"], check=True)
+    subprocess.run(pip + [f"torch=={PEER_TORCH}"], check=True)
+    subprocess.run(pip + [f"llmcompressor=={PEER_VERSION}"], check=True)
+    PEER_READY.touch()
+    print(f"{PEER_VENV} ready in {time.perf_counter() - start:.0f} s", flush=True)
+    return py
+
+
+# --------------------------------------------------------------------------------------------------
+# The worker: one llm-compressor run, in .venv-peer (imports nothing from sparselib)
+# --------------------------------------------------------------------------------------------------
+MODIFIER_KEYS = ("targets", "ignore", "dampening_frac", "block_size", "sparsity_profile", "owl_m", "owl_lmbda")
+ONESHOT_KEYS = ("pipeline", "propagate_error", "batch_size", "shuffle_calibration_samples")
+
+
+def worker(spec_path: str) -> None:
+    import torch
+    from datasets import Dataset
+    from loguru import logger
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    import llmcompressor
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
+
+    spec = json.loads(Path(spec_path).read_text())
+    settings = spec["settings"]
+    unknown = set(settings) - set(MODIFIER_KEYS) - set(ONESHOT_KEYS)
+    if unknown:
+        raise ValueError(f"unknown llm-compressor settings: {sorted(unknown)}")
+    log_lines: list[str] = []
+    logger.add(lambda msg: log_lines.append(str(msg).rstrip()), level="INFO")
+
+    model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=getattr(torch, spec["dtype"]))
+    calib = load_file(spec["calib"])["calib"]
+    dataset = Dataset.from_dict({"input_ids": calib.tolist()})  # the windows as given: one row each
+
+    sparsity = spec["sparsity"]
+    kwargs = {k: settings[k] for k in MODIFIER_KEYS if k in settings}
+    if isinstance(sparsity, str):  # N:M
+        kwargs.update(sparsity=0.5, mask_structure=sparsity)
+    else:
+        kwargs.update(sparsity=float(sparsity))
+    cls = {"sparsegpt": SparseGPTModifier, "wanda": WandaPruningModifier}[spec["method"]]
+    if kwargs.get("sparsity_profile") == "owl":
+        cls = _owl_as_list(cls)
+    modifier = cls(**kwargs)
+    oneshot_kwargs = {k: settings[k] for k in ONESHOT_KEYS if k in settings}
+
+    load_before = os.getloadavg()[0]
+    start = time.perf_counter()
+    oneshot(model=model, dataset=dataset, recipe=modifier, max_seq_length=spec["seqlen"],
+            num_calibration_samples=len(calib), **oneshot_kwargs)
+    seconds = time.perf_counter() - start
+    load_after = os.getloadavg()[0]
+
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    tied = model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    if tied:
+        state.pop("lm_head.weight", None)  # safetensors refuses shared tensors; it is embed_tokens
+    save_file(state, spec["out"])
+    sparsified = [line.split("Sparsifying ", 1)[1].split(" using")[0] for line in log_lines
+                  if "Sparsifying " in line]
+    info = dict(seconds=seconds, load_average_before=load_before, load_average_after=load_after,
+                llmcompressor=llmcompressor.__version__, transformers=__import__("transformers").__version__,
+                torch=torch.__version__, tied_lm_head=tied, modules_sparsified=len(sparsified),
+                lm_head_sparsified=any(s.rstrip(".").endswith("lm_head") for s in sparsified),
+                hessian_inversion_failures=sum("Failed to invert hessian" in line for line in log_lines),
+                owl_sparsities=getattr(modifier, "_owl_list", None),
+                warnings=sorted({line.split(" - ", 1)[-1][:200] for line in log_lines if "WARNING" in line}))
+    Path(spec["info"]).write_text(json.dumps(info, indent=1))
+
+
+def _owl_as_list(cls):
+    """llm-compressor 0.14.0.1 infers OWL's layer sparsities as a dict keyed by layer name, but its
+    hooks read a *list* (a dict falls through to ``layer_sparsity = self.sparsity``, the whole dict,
+    and pruning fails). This subclass hands the same values on as a list, in layer order: the one
+    change needed to run its OWL profile."""
+    class OWLAsList(cls):
+        def on_initialize(self, state, **kwargs):
+            ok = super().on_initialize(state, **kwargs)
+            if isinstance(self.sparsity, dict):
+                layers = list(self._target_layers)
+                self.sparsity = [float(self.sparsity[name]) for name in layers]
+                object.__setattr__(self, "_owl_list", list(self.sparsity))
+            return ok
+    OWLAsList.__name__ = cls.__name__
+    return OWLAsList
+
+
+# --------------------------------------------------------------------------------------------------
+# The driver (in .venv, with sparselib)
+# --------------------------------------------------------------------------------------------------
+def _sparsities(model):
+    """Zeros per decoder-layer linear, per layer, overall (size-weighted), and of the embedding."""
+    from sparselib.models import decoder_layers, layer_linears, weight_of
+    per_linear, per_layer, zeros, total = {}, [], 0, 0
+    for i, layer in enumerate(decoder_layers(model)):
+        z = n = 0
+        for name, module in layer_linears(layer).items():
+            W = weight_of(module)
+            per_linear[f"{i}.{name}"] = (W == 0).sum().item() / W.numel()
+            z += (W == 0).sum().item()
+            n += W.numel()
+        per_layer.append(z / n)
+        zeros, total = zeros + z, total + n
+    emb = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    return dict(sparsity=zeros / total, layer_sparsity=per_layer, linear_sparsity=per_linear,
+                embedding_sparsity=(emb == 0).sum().item() / emb.numel(),
+                lm_head_sparsity=(head == 0).sum().item() / head.numel(),
+                lm_head_tied=head.data_ptr() == emb.data_ptr())
+
+
+def _run_sparselib(run, model, dense_state, calib, test):
+    import sparselib
+    model.load_state_dict(dense_state)
+    load = os.getloadavg()[0]
+    start = time.perf_counter()  # the whole call, as for the peer's oneshot (OWL's ratios included)
+    report = sparselib.prune(model, run["method"], run["sparsity"], calib, progress=False, **run["settings"])
+    return dict(seconds=time.perf_counter() - start, load_average_before=load,
+                load_average_after=os.getloadavg()[0], layer_targets=report.layer_targets)
+
+
+def _run_peer(run, model, dense_state, calib_file, model_dir, tmp: Path):
+    from safetensors.torch import load_file
+    py = ensure_peer_venv()
+    spec = dict(model_dir=str(model_dir), dtype=PROTOCOL["dtype"], calib=str(calib_file),
+                seqlen=PROTOCOL["seqlen"], method=run["method"], sparsity=run["sparsity"],
+                settings=run["settings"], out=str(tmp / "pruned.safetensors"), info=str(tmp / "info.json"))
+    (tmp / "spec.json").write_text(json.dumps(spec))
+    log = tmp / "worker.log"
+    with open(log, "w") as f:
+        proc = subprocess.run([str(py), __file__, "--worker", str(tmp / "spec.json")], stdout=f,
+                              stderr=subprocess.STDOUT, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    if proc.returncode:
+        tail = log.read_text()[-3000:]
+        return dict(error=f"worker exited {proc.returncode}", log_tail=tail)
+    info = json.loads((tmp / "info.json").read_text())
+    state = load_file(tmp / "pruned.safetensors")
+    model.load_state_dict(dense_state)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - {"lm_head.weight"}:
+        raise RuntimeError(f"the peer's checkpoint does not fit: missing {missing}, unexpected {unexpected}")
+    return info
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these runs (names: --list)")
+    parser.add_argument("--redo", action="store_true", help="re-measure runs already in the file")
+    parser.add_argument("--list", action="store_true", help="print the runs and exit")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args.worker)
+    if args.list:
+        for r in RUNS:
+            print(f"{r['name']:40s} {r['role']:12s} {r['settings']}")
+        return
+    unknown = set(args.only or []) - set(run_names())
+    if unknown:
+        parser.error(f"unknown run(s) {sorted(unknown)}; --list shows them")
+
+    import sparselib
+    from safetensors.torch import save_file
+    from sparselib.course.results import resume_result
+    from sparselib.models import offline_model_dir
+
+    ensure_peer_venv()
+    model, tok = sparselib.load_model(PROTOCOL["model"])
+    calib = sparselib.calibration_data(tok, PROTOCOL["calib"], PROTOCOL["nsamples"], PROTOCOL["seqlen"],
+                                       PROTOCOL["seed"])
+    test = sparselib.test_data(tok, max_tokens=PROTOCOL["eval_tokens"])
+    dense_state = {k: v.clone() for k, v in model.state_dict().items()}
+    result = resume_result(NAME, PROTOCOL)
+    result.setdefault("runs", result.pop("points", {}))
+    result["provenance"] = sparselib.provenance("benchmarks/peer_llmcompressor.py", **PROTOCOL)
+    result["provenance"]["timing_note"] = (
+        "wall-clock seconds on a shared 2-core machine under load (see each run's load averages); "
+        "they compare the two libraries run by run, not this machine's speed")
+    if "dense" not in result:
+        result["dense"] = sparselib.perplexity(model, test, seqlen=PROTOCOL["eval_seqlen"], progress=False)
+    print(f"dense perplexity {result['dense']:.2f}", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="peer-llmc-") as tmpdir:
+        tmp = Path(tmpdir)
+        calib_file = tmp / "calib.safetensors"
+        save_file({"calib": calib.contiguous()}, calib_file)
+        for run in RUNS:
+            if args.only and run["name"] not in args.only:
+                continue
+            if run["name"] in result["runs"] and not args.redo:
+                continue
+            started = _now()
+            if run["library"] == "sparselib":
+                out = _run_sparselib(run, model, dense_state, calib, test)
+            else:
+                out = _run_peer(run, model, dense_state, calib_file, offline_model_dir(), tmp)
+            record = {k: run[k] for k in ("library", "method", "sparsity", "role", "note", "pair", "settings")}
+            record.update(out, date_utc=started)
+            if "error" not in out:
+                t = time.perf_counter()
+                record["perplexity"] = sparselib.perplexity(model, test, seqlen=PROTOCOL["eval_seqlen"],
+                                                            progress=False)
+                record["eval_seconds"] = time.perf_counter() - t
+                record.update(_sparsities(model))
+            result["runs"][run["name"]] = record
+            _compare(result)
+            sparselib.save_result(NAME, result)
+            ppl = record.get("perplexity")
+            print(f"{run['name']:40s} " + (f"ppl {ppl:8.2f}  sparsity {record['sparsity']:.4f}  "
+                                           f"embedding {record['embedding_sparsity']:.3f}  "
+                                           f"{record['seconds']:6.1f} s (load {record['load_average_before']:.1f})"
+                                           if ppl else record["error"]), flush=True)
+    model.load_state_dict(dense_state)
+
+
+def _compare(result):
+    """Each peer run's perplexity gap to its sparselib pair (when both are recorded)."""
+    runs = result["runs"]
+    for rec in runs.values():
+        pair = runs.get(rec.get("pair") or "")
+        if pair and "perplexity" in rec and "perplexity" in pair:
+            rec["gap_to_pair"] = relative_gap(rec["perplexity"], pair["perplexity"])
+            rec["time_ratio_to_pair"] = rec["seconds"] / pair["seconds"]
+
+
+if __name__ == "__main__":
+    main()
