@@ -260,7 +260,7 @@ def _sparsities(model):
         zeros, total = zeros + z, total + n
     emb = model.get_input_embeddings().weight
     head = model.get_output_embeddings().weight
-    return dict(sparsity=zeros / total, layer_sparsity=per_layer, linear_sparsity=per_linear,
+    return dict(achieved_sparsity=zeros / total, layer_sparsity=per_layer, linear_sparsity=per_linear,
                 embedding_sparsity=(emb == 0).sum().item() / emb.numel(),
                 lm_head_sparsity=(head == 0).sum().item() / head.numel(),
                 lm_head_tied=head.data_ptr() == emb.data_ptr())
@@ -364,7 +364,7 @@ def main():
         result = _load_result()
         for line in RUN_LOG.read_text().splitlines():
             entry = json.loads(line)
-            if entry["name"] in run_names():
+            if entry["name"] in run_names() and "error" not in entry["record"]:
                 result["runs"][entry["name"]] = entry["record"]
         result = _save(result)
         return
@@ -413,22 +413,23 @@ def main():
                 out = _run_peer(run, model, dense_state, calib_file, offline_model_dir(), tmp)
             record = {k: run[k] for k in ("library", "method", "sparsity", "role", "note", "pair", "settings")}
             record.update(out, date_utc=started)
-            if "error" not in out:
+            if "error" not in out:  # scored here, by sparselib, whichever library pruned
                 t = time.perf_counter()
                 record["perplexity"] = sparselib.perplexity(model, test, seqlen=PROTOCOL["eval_seqlen"],
                                                             progress=False)
                 record["eval_seconds"] = time.perf_counter() - t
                 record.update(_sparsities(model))
-            result["runs"][run["name"]] = record
             RUN_LOG.parent.mkdir(exist_ok=True)
             with open(RUN_LOG, "a") as f:  # every record also lands here (--from-log merges them back)
                 f.write(json.dumps({"name": run["name"], "record": record}) + "\n")
+            if "error" in out:  # not recorded in the file: it stays in not_yet_measured
+                print(f"{run['name']}: {out['error']}\n{out.get('log_tail', '')}", flush=True)
+                continue
+            result["runs"][run["name"]] = record
             result = _save(result, run["name"])
-            ppl = record.get("perplexity")
-            print(f"{run['name']:40s} " + (f"ppl {ppl:8.2f}  sparsity {record['sparsity']:.4f}  "
-                                           f"embedding {record['embedding_sparsity']:.3f}  "
-                                           f"{record['seconds']:6.1f} s (load {record['load_average_before']:.1f})"
-                                           if ppl else record["error"]), flush=True)
+            print(f"{run['name']:40s} ppl {record['perplexity']:8.2f}  sparsity {record['achieved_sparsity']:.4f}  "
+                  f"embedding {record['embedding_sparsity']:.3f}  {record['seconds']:6.1f} s "
+                  f"(load {record['load_average_before']:.1f})", flush=True)
     model.load_state_dict(dense_state)
 
 
@@ -445,7 +446,12 @@ def _save(result, name=None):
     import sparselib
     latest = _load_result()
     merged = {**latest, **{k: v for k, v in result.items() if k != "runs"}}
-    merged["runs"] = {**latest["runs"], **({name: result["runs"][name]} if name else {})}
+    merged["runs"] = {k: v for k, v in {**latest["runs"], **({name: result["runs"][name]} if name else {})}.items()
+                      if "error" not in v}  # a failed or interrupted run is not a measurement
+    targets = {r["name"]: r["sparsity"] for r in RUNS}
+    for key, rec in merged["runs"].items():  # records from before the achieved sparsity had its own key
+        if "achieved_sparsity" not in rec and key in targets:
+            rec["achieved_sparsity"], rec["sparsity"] = rec["sparsity"], targets[key]
     _compare(merged)
     merged["not_yet_measured"] = [n for n in run_names() if "perplexity" not in merged["runs"].get(n, {})]
     merged["explanation"] = explain(merged)
