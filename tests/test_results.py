@@ -152,3 +152,45 @@ def test_task_accuracy_holds_every_point():
     points = sparselib.load_result(bench.NAME)["points"]
     missing = [k for k in ["dense"] + [bench.key(m, s) for m, s in bench.PRUNED + bench.SLICED] if k not in points]
     assert not missing, f"{missing}: run benchmarks/task_accuracy.py (it resumes)"
+
+
+def test_peer_comparison_holds_the_runs_of_its_script():
+    """benchmarks/peer_llmcompressor.py (llm-compressor runs in its own venv, not here): every run in the
+    committed file is a run of the script, under its protocol and settings; the file lists the runs not
+    yet measured; the gaps and the explanation agree with the recorded figures."""
+    bench = _benchmark("peer_llmcompressor")   # stdlib-only at import: no llm-compressor needed
+    rec = sparselib.load_result(bench.NAME)
+    assert rec["provenance"]["protocol"] == bench.PROTOCOL and "load" in rec["provenance"]["timing_note"]
+    runs = {r["name"]: r for r in bench.RUNS}
+    measured = [n for n, r in rec["runs"].items() if "perplexity" in r]
+    assert set(rec["runs"]) <= set(runs)
+    assert rec["not_yet_measured"] == [n for n in bench.run_names() if n not in measured]
+    for name in measured:
+        r, run = rec["runs"][name], runs[name]
+        assert (r["settings"], r["library"], r["sparsity"]) == (run["settings"], run["library"], run["sparsity"])
+        assert len(r["layer_sparsity"]) == 30 and 0 < r["achieved_sparsity"] < 1
+        assert r["seconds"] > 0 and r["load_average_before"] >= 0
+        if run["pair"] in measured:
+            pair = rec["runs"][run["pair"]]
+            assert r["gap_to_pair"] == pytest.approx(bench.relative_gap(r["perplexity"], pair["perplexity"]))
+    assert rec["explanation"] == bench.explain(rec)
+    # the finding the explanation states: ignore=["lm_head"] leaves lm_head (tied to the embedding) hooked
+    hooked = rec["hooked_modules"]
+    assert hooked["new-user"]["not_in_decoder_layers"] == ["lm_head."]
+    assert hooked["regex"]["not_in_decoder_layers"] == [] and hooked["new-user"]["count"] == hooked["regex"]["count"] + 1
+    ours = rec["runs"]["sparselib/sparsegpt/2:4"]
+    assert ours["embedding_sparsity"] < 0.05 and ours["lm_head_tied"]
+    with_head = rec["runs"].get("sparselib/sparsegpt/2:4/+lm_head")
+    if with_head and "perplexity" in with_head:
+        assert with_head["embedding_sparsity"] >= 0.5 and with_head["perplexity"] > 1.2 * ours["perplexity"]
+    new_user = rec["runs"].get("llmcompressor/sparsegpt/2:4/new-user")
+    if new_user and "perplexity" in new_user:
+        assert new_user["lm_head_sparsified"] and new_user["embedding_sparsity"] >= 0.5
+
+
+def test_relative_gap():
+    bench = _benchmark("peer_llmcompressor")
+    assert bench.relative_gap(110.0, 100.0) == pytest.approx(0.10)
+    assert bench.relative_gap(95.0, 100.0) == pytest.approx(-0.05)
+    with pytest.raises(ValueError, match="positive"):
+        bench.relative_gap(1.0, 0.0)
