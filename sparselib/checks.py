@@ -7,7 +7,8 @@ raises ``TypeError`` (wrong kind of value) or ``ValueError`` (wrong value) with 
 and changes nothing. ``name`` is what the message calls the argument (``"seqlen"``, or ``"--seqlen"``
 for the command line).
 
-This module is the bottom layer of the library: it imports only torch and the adapter table.
+This module is the bottom layer of the library: it imports only torch, the adapter table and
+:mod:`sparselib.io`.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from urllib.parse import urlparse
 import torch
 
 from .adapters import ADAPTERS, SLICED_PREFIX
+from .io import deferred_signals, output_problem
 
 DATASETS = ("brown", "wikitext2")
 
@@ -144,7 +146,8 @@ def check_out_dir(out, force: bool, name: str = "--out") -> Path:
     if not parent.is_dir():
         raise ValueError(f"{name} {out} cannot be created: {parent} is a file, not a directory; choose another {name}")
     try:  # a real attempt: permission bits say little to root, nothing about read-only or special file systems
-        os.rmdir(tempfile.mkdtemp(prefix=".sparselib-probe-", dir=parent))
+        with deferred_signals():  # Ctrl-C between the two calls would leave the probe behind
+            os.rmdir(tempfile.mkdtemp(prefix=".sparselib-probe-", dir=parent))
     except OSError as err:
         raise ValueError(f"{name} {out} cannot be created: {parent} is not writable ({err.strerror}); "
                          f"choose another {name}") from None
