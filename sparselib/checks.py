@@ -128,8 +128,9 @@ def check_enough_tokens(ntokens: int, seqlen: int, what: str, fix: str, spare: i
 
 
 def check_out_dir(out, force: bool, name: str = "--out") -> Path:
-    """An output directory that is new, or (with ``force``) an earlier output of sparselib (it holds
-    report.json), and that can be created where it is."""
+    """An output directory that is new, or (with ``force``) an earlier output of sparselib, untouched
+    (its :data:`sparselib.io.MARKER` lists every file in it, and it holds nothing else), and that can
+    be created where it is."""
     out = Path(out).expanduser()
     if out.exists() or out.is_symlink():
         if not force:
@@ -137,9 +138,10 @@ def check_out_dir(out, force: bool, name: str = "--out") -> Path:
         if out.is_symlink() or not out.is_dir():
             raise ValueError(f"{name} {out} exists and is not a directory; --force replaces only a directory "
                              f"that sparselib wrote, so choose another {name}")
-        if any(out.iterdir()) and not (out / "report.json").is_file():
-            raise ValueError(f"{name} {out} is a directory that sparselib did not write (no report.json); "
-                             f"--force replaces only sparselib's own output, so choose another {name}")
+        problem = output_problem(out) if any(out.iterdir()) else None  # an empty directory holds nothing to lose
+        if problem:
+            raise ValueError(f"{name} {out} {problem}; --force replaces only sparselib's own output, as it "
+                             f"wrote it, so choose another {name}")
     parent = out.absolute().parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

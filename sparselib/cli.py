@@ -20,6 +20,7 @@ import shlex
 import signal
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import torch
@@ -255,7 +256,9 @@ def _save(model, tokenizer, report: dict, directory: Path, started: float) -> No
     report["seconds"]["save"] = round(time.perf_counter() - start, 2)
     report["seconds"]["total"] = round(time.perf_counter() - started, 2)
     report["peak_memory"] = _peak_memory(report["peak_memory"].get("cuda_prune_bytes"))
+    report["output_id"] = uuid.uuid4().hex
     (directory / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    mark_output(directory, report["output_id"])  # last: what --force may later replace, and nothing else
 
 
 def _peak_memory(cuda_prune_bytes=None) -> dict:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .checks import check_causal_lm, check_device, check_hub_id, check_model_dir
-from .io import write_atomically
+from .io import exclusive, write_atomically
 from .model_cache import stale_reason, write_record
 from .version import dtype_kwargs
 
@@ -171,9 +171,12 @@ def load_model(name: str = OFFLINE_MODEL, device=None, dtype: torch.dtype = torc
         raise TypeError(f"dtype must be a torch.dtype such as torch.float32, not {dtype!r}")
     device = check_device(device)
     source = model_source(name)
-    if source is None:
-        _convert_gguf(offline_model_dir())
-        source = str(offline_model_dir())
+    if source is None:  # one process converts; another that asks meanwhile waits, then reads its result
+        with exclusive(offline_model_dir(), wait=True):
+            source = model_source(name)
+            if source is None:
+                _convert_gguf(offline_model_dir())
+                source = str(offline_model_dir())
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar is noise in a chapter
     try:

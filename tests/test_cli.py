@@ -185,6 +185,101 @@ def test_force_replaces_an_earlier_output_and_only_that(tiny, tmp_path, capsys):
     assert report["sparsity"] == "0.7" and {p.name for p in tmp_path.iterdir()} == {"out"}
 
 
+def test_the_output_is_marked_with_every_file_it_holds(tiny, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(["prune", "--model", tiny["llama"], "--method", "magnitude", "--sparsity", "0.5", "--out", out,
+                "--quiet"], capsys)[0] == 0
+    mark = json.loads((out / sparselib.io.MARKER).read_text())
+    assert mark["written_by"] == "sparselib" and mark["id"] == json.loads((out / "report.json").read_text())["output_id"]
+    assert set(mark["files"]) == {p.name for p in out.iterdir()} - {sparselib.io.MARKER}
+    assert all(mark["files"][p.name] == p.stat().st_size for p in out.iterdir() if p.name != sparselib.io.MARKER)
+
+
+@pytest.mark.parametrize("change, fix", [
+    (lambda out: (out / "notes.txt").write_text("mine"), "holds files sparselib did not write (notes.txt)"),
+    (lambda out: (out / "sub").mkdir(), "holds files sparselib did not write (sub)"),
+    (lambda out: (out / "config.json").write_text("{}"), "was changed since sparselib wrote it (config.json"),
+    (lambda out: (out / "sparselib-output.json").unlink(), "has no sparselib-output.json"),
+    (lambda out: (out / "sparselib-output.json").write_text("{"), "sparselib did not write"),
+    (lambda out: (out / "report.json").write_text(json.dumps({"output_id": "someone else"}).ljust(
+        (out / "report.json").stat().st_size)), "does not match"),
+])
+def test_force_refuses_an_output_that_holds_anything_else(change, fix, tiny, tmp_path, capsys):
+    """Issue 27: --force replaces sparselib's own output as it wrote it, and nothing more."""
+    out = tmp_path / "out"
+    base = ["prune", "--model", tiny["llama"], "--method", "magnitude", "--out", out, "--quiet"]
+    assert run([*base, "--sparsity", "0.5"], capsys)[0] == 0
+    change(out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    code, _, err = run([*base, "--sparsity", "0.7", "--force"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and fix in err, err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # not a byte lost
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_second_run_to_the_same_out_is_refused_at_once(tiny, tmp_path, capsys):
+    out = tmp_path / "out"
+    with sparselib.io.exclusive(out):  # as another `sparselib prune --out out` holds it while it works
+        code, _, err = run(["prune", "--model", tiny["llama"], *WANDA, "--out", out, *FAST], capsys)
+    assert code == 2 and "being written by another sparselib run" in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("force", [False, True])
+@pytest.mark.parametrize("theirs", ["sparselib", "user"])
+def test_an_out_written_meanwhile_is_never_mixed(force, theirs, tiny, tmp_path, capsys, monkeypatch):
+    """Another writer fills --out while this run works (the lock is per machine; say, another host):
+    at the rename, the run refuses, or (--force, sparselib's own output) replaces it whole."""
+    out = tmp_path / "out"
+    other = tmp_path / "other"
+    if theirs == "sparselib":
+        assert run(["prune", "--model", tiny["llama"], "--method", "magnitude", "--sparsity", "0.3", "--out", other,
+                    "--quiet"], capsys)[0] == 0
+    else:
+        other.mkdir()
+        (other / "thesis.tex").write_text("mine")
+    real = sparselib.cli._save
+
+    def save(*args):
+        os.replace(other, out)  # the other writer finishes first
+        return real(*args)
+    monkeypatch.setattr(sparselib.cli, "_save", save)
+    code, _, err = run(["prune", "--model", tiny["llama"], *WANDA, "--out", out, *FAST, "--quiet",
+                        *(["--force"] if force else [])], capsys)
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary directory either
+    if force and theirs == "sparselib":
+        assert code == 0 and reload(out)[1]["sparsity"] == "2:4" and sparselib.io.output_problem(out) is None
+    else:
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        if theirs == "user":
+            assert (out / "thesis.tex").read_text() == "mine" and len(list(out.iterdir())) == 1
+        else:
+            assert reload(out)[1]["sparsity"] == "0.3" and sparselib.io.output_problem(out) is None
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_two_commands_to_the_same_out_at_once(force, tiny, tmp_path):
+    """Two real `sparselib prune` processes started together: one complete checkpoint, and the other
+    run either refused in one line or (with --force) replacing it whole; never a mixed directory."""
+    out = tmp_path / "out"
+    procs = [_command(["--model", tiny["llama"], "--method", "magnitude", "--sparsity", sparsity, "--quiet",
+                       *(["--force"] if force else [])], out) for sparsity in ("0.3", "0.6")]
+    results = [(p.wait(timeout=600), p.stderr.read().decode()) for p in procs]
+    for p in procs:
+        p.stdout.close()
+        p.stderr.close()
+    codes = sorted(code for code, _ in results)
+    assert codes in ([0, 0], [0, 2]) if force else codes == [0, 2], results
+    for code, err in results:
+        if code == 2:
+            assert len(err.strip().splitlines()) == 1 and ("another sparselib run" in err or "already exists" in err)
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert sparselib.io.output_problem(out) is None
+    model, report = reload(out)
+    assert report["sparsity"] in ("0.3", "0.6") and all(
+        sparselib.sparsity(W) == pytest.approx(float(report["sparsity"]), abs=0.02) for _, W in decoder_linears(model))
+
+
 def test_parent_directories_are_created(tiny, tmp_path, capsys):
     out = tmp_path / "runs" / "a" / "b"
     assert run(["prune", "--model", tiny["llama"], "--method", "magnitude", "--sparsity", "0.5", "--out", out,
@@ -301,6 +396,8 @@ BAD = {
     "out exists": (["--model", "{llama}", *WANDA, "--out", "{dir}/existing"], "add --force"),
     "force on a directory sparselib did not write": (["--model", "{llama}", *WANDA, "--out", "{dir}/existing",
                                                       "--force"], "sparselib did not write"),
+    "force on a directory with a report.json of its own": (["--model", "{llama}", *WANDA, "--out", "{dir}/reported",
+                                                            "--force"], "has no sparselib-output.json"),
     "out under a regular file": (["--model", "{llama}", *WANDA, "--out", "{dir}/a-file/out"],
                                  "is a file, not a directory"),
     "out on a file system that refuses it": (["--model", "{llama}", *WANDA, "--out", "/proc/sparselib-out"],
@@ -320,6 +417,9 @@ def test_bad_input_is_one_line_and_writes_nothing(case, tiny, tmp_path, capsys):
     (tmp_path / "existing").mkdir()
     (tmp_path / "existing" / "keep.txt").write_text("mine")
     (tmp_path / "a-file").write_text("a file")
+    (tmp_path / "reported").mkdir()  # issue 27: --force deleted any directory holding a report.json
+    (tmp_path / "reported" / "report.json").write_text("{}")
+    (tmp_path / "reported" / "thesis.tex").write_text("mine")
     argv = [a.format(dir=tmp_path, **tiny) for a in argv]
     if "--out" not in argv and case != "no --out":
         argv += ["--out", str(tmp_path / "out")]
@@ -331,6 +431,7 @@ def test_bad_input_is_one_line_and_writes_nothing(case, tiny, tmp_path, capsys):
     assert fix in lines[0], lines[0]
     assert "Traceback" not in err and stdout == ""
     assert tree(tmp_path) == before and (tmp_path / "existing" / "keep.txt").read_text() == "mine"
+    assert (tmp_path / "reported" / "thesis.tex").read_text() == "mine"
 
 
 def test_there_are_at_least_15_bad_inputs():
