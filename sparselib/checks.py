@@ -40,6 +40,18 @@ def check_int(value, name: str, minimum: int = 1) -> int:
     return value
 
 
+def check_number(value, name: str, minimum: float = 0.0, *, above: bool = True, fix: str = "") -> float:
+    """A finite real number (a NumPy scalar too, not a bool) ``> minimum`` (``>= minimum`` with
+    ``above=False``)."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or (value <= minimum if above else value < minimum):
+        bound = f"{'>' if above else '>='} {minimum:g}"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value}{'; ' + fix if fix else ''}")
+    return value
+
+
 def check_batch_size(batch_size, name: str = "batch_size") -> int:
     """Windows per forward pass: an int >= 1."""
     return check_int(batch_size, name, 1)

@@ -39,6 +39,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
+from .checks import check_batch_size, check_int, check_number, check_token_ids, max_positions
 from .models import decoder_layers, layer_linears
 
 log = logging.getLogger(__name__)
@@ -92,25 +93,44 @@ class _MaskedLoRA(nn.Module):
         return merge_lora(W, self.A, self.B, self.scale, self.keep)
 
 
-def _check(model, data, steps, batch_size, lr, lora_rank):
-    if not isinstance(data, torch.Tensor) or data.dtype != torch.long or data.dim() != 2:
-        raise TypeError("data must be a LongTensor [nsamples, seqlen] of token ids, e.g. "
-                        "sparselib.calibration_data(tokenizer, nsamples=steps * batch_size, seed=1)")
-    for name, value in (("steps", steps), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if data.shape[0] < batch_size or data.shape[1] < 2:
-        raise ValueError(f"data has shape {tuple(data.shape)}; it needs at least batch_size={batch_size} "
-                         f"rows of at least 2 tokens")
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-    if vocab is not None and (int(data.max()) >= vocab or int(data.min()) < 0):
-        raise ValueError(f"data holds token ids outside the model's vocabulary of {vocab}; tokenize "
-                         f"with this model's tokenizer")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if lora_rank is not None and (isinstance(lora_rank, bool) or not isinstance(lora_rank, int)
-                                  or lora_rank < 1):
-        raise ValueError(f"lora_rank must be a positive int or None (full fine-tuning), got {lora_rank!r}")
+def _check(model, data, steps, batch_size, lr, lora_rank, lora_alpha, weight_decay, warmup, seed,
+           callback) -> dict[str, torch.Tensor]:
+    """Every argument, before anything changes (:mod:`sparselib.checks`); returns the masks."""
+    check_token_ids(data, getattr(model.config, "vocab_size", None), max_positions(model.config), "data")
+    check_int(steps, "steps", 1)
+    check_batch_size(batch_size)
+    if data.shape[0] < batch_size:
+        raise ValueError(f"data has {data.shape[0]} rows, fewer than batch_size={batch_size}; give more "
+                         f"windows (nsamples=steps * batch_size) or a smaller batch_size")
+    check_number(lr, "lr", fix="e.g. 1e-4 for full fine-tuning, 1e-3 for LoRA")
+    check_number(weight_decay, "weight_decay", above=False)
+    if warmup is not None:
+        check_int(warmup, "warmup", 0)
+    check_int(seed, "seed", 0)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be a function callback(step, model, loss), not {type(callback).__name__}")
+    keeps = masks_of(model)
+    dims = {name: m.weight.shape for name, m in model.named_modules() if name in keeps}
+    if lora_rank is not None:
+        check_int(lora_rank, "lora_rank", 1)
+        name, shape = min(dims.items(), key=lambda kv: min(kv[1]))
+        if lora_rank > min(shape):
+            raise ValueError(f"lora_rank={lora_rank} is above min(out, in) = {min(shape)} of {name} "
+                             f"{tuple(shape)}; use lora_rank <= {min(shape)}")
+        if lora_alpha is not None:
+            check_number(lora_alpha, "lora_alpha", fix="the LoRA scale is lora_alpha / lora_rank")
+    elif lora_alpha is not None:
+        raise TypeError("lora_alpha applies to LoRA only; pass lora_rank too (or drop lora_alpha)")
+    low = sorted({str(m.weight.dtype) for name, m in model.named_modules()
+                  if name in keeps and m.weight.dtype not in (torch.float32, torch.float64)})
+    if low:
+        raise TypeError(f"recover trains in float32, and this model's linears are {', '.join(low)} (AdamW's "
+                        f"updates underflow there and the weights become NaN); call model.float() first, "
+                        f"and cast back afterwards (model.half() / model.bfloat16())")
+    if all(bool(keep.all()) for keep in keeps.values()):
+        raise ValueError("no decoder-layer linear of this model has a pruned (zero) weight: recover trains a "
+                         "pruned model's surviving weights; prune it first (sparselib.prune)")
+    return keeps
 
 
 def cosine_lr(step: int, steps: int, warmup: int) -> float:
@@ -134,31 +154,39 @@ def recover(model: nn.Module, data: torch.Tensor, steps: int, *, batch_size: int
                 decoder-layer linear (``lora_alpha`` defaults to the rank), merged as ``ΔW ⊙ keep``.
     callback:   ``callback(step, model, loss)`` after each step (1-based step), e.g. to evaluate.
     Returns a :class:`RecoveryReport` with the loss of every step.
+
+    Bad input (an unpruned or float16 model, ids outside the vocabulary, a non-finite ``lr``, ...)
+    raises ValueError/TypeError before anything changes. If training fails part-way (a non-finite
+    loss raises ``FloatingPointError``; an error in ``callback``; Ctrl-C), the model is put back
+    exactly as it was: weights, ``requires_grad`` and train/eval mode.
     """
     lr = (1e-3 if lora_rank else 1e-4) if lr is None else lr
-    _check(model, data, steps, batch_size, lr, lora_rank)
+    keeps = _check(model, data, steps, batch_size, lr, lora_rank, lora_alpha, weight_decay, warmup, seed,
+                   callback)
     warmup = max(0, steps // 10) if warmup is None else warmup
-    keeps = masks_of(model)
     modules = dict(model.named_modules())
     frozen = {n: p.requires_grad for n, p in model.named_parameters()}
-    for p in model.parameters():
-        p.requires_grad_(False)
-    torch.manual_seed(seed)
-    params, handles = _trainable(modules, keeps, lora_rank, lora_alpha, torch.Generator().manual_seed(seed))
-    device = params[0].device
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: cosine_lr(t, steps, warmup))
-    report = RecoveryReport(steps, batch_size * (data.shape[1] - 1), lora_rank, lr,
-                            trained_parameters=sum(p.numel() for p in params))
     was_training = model.training
-    model.train()
+    # full fine-tuning changes W in place: a copy to put back if anything fails (LoRA leaves W alone)
+    backup = {name: modules[name].weight.detach().clone() for name in keeps} if lora_rank is None else {}
+    handles, done = [], False
+    report = RecoveryReport(steps, batch_size * (data.shape[1] - 1), lora_rank, lr)
     start = time.perf_counter()
-    bar = tqdm(range(steps), desc="recover" + (f" (LoRA r={lora_rank})" if lora_rank else ""),
-               disable=not progress)
-    try:
+    try:  # from the first change on: whatever fails (or Ctrl-C), the model is put back as it was
+        for p in model.parameters():
+            p.requires_grad_(False)
+        torch.manual_seed(seed)
+        params = _trainable(modules, keeps, lora_rank, lora_alpha, torch.Generator().manual_seed(seed), handles)
+        report.trained_parameters = sum(p.numel() for p in params)
+        device = params[0].device
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: cosine_lr(t, steps, warmup))
+        model.train()
+        bar = tqdm(range(steps), desc="recover" + (f" (LoRA r={lora_rank})" if lora_rank else ""),
+                   disable=not progress)
         for step in bar:
             rows = (torch.arange(batch_size) + step * batch_size) % data.shape[0]
-            loss = _step(model, data[rows].to(device), opt, sched, report)
+            loss = _step(model, data[rows].to(device), opt, sched, report, step)
             if lora_rank is None:  # masked gradients leave them at 0; re-applying keeps it exact whatever the optimiser does
                 with torch.no_grad():
                     for name, keep in keeps.items():
@@ -169,25 +197,28 @@ def recover(model: nn.Module, data: torch.Tensor, steps: int, *, batch_size: int
                 model.eval()
                 callback(step + 1, model, loss.item())
                 model.train()
+        _check_finite(model, data[:batch_size].to(device), steps, lr)  # the last step's update too
+        done = True
     finally:
-        _restore(model, modules, keeps, handles, lora_rank, frozen, was_training)
+        _restore(model, [modules[name] for name in keeps], handles, frozen, was_training, None if done else backup)
     report.seconds = time.perf_counter() - start
     log.info("recovered %d steps in %.1f s, loss %.3f -> %.3f", steps, report.seconds,
              report.losses[0], report.losses[-1])
     return report
 
 
-def _trainable(modules: dict, keeps: dict, lora_rank, lora_alpha, gen: torch.Generator):
+def _trainable(modules: dict, keeps: dict, lora_rank, lora_alpha, gen: torch.Generator, handles: list):
     """What the optimiser trains: each pruned weight with its gradient masked (full fine-tuning), or a
-    masked LoRA pair per pruned linear. Returns ``(params, hook handles)``."""
-    params, handles = [], []
+    masked LoRA pair per pruned linear. Returns the parameters; the hooks' handles go into ``handles``
+    as they are made (so that a failure half-way can remove them)."""
+    params = []
     if lora_rank is None:
         for name, keep in keeps.items():
             weight = modules[name].weight
             weight.requires_grad_(True)
             handles.append(weight.register_hook(lambda g, keep=keep: g * keep))
             params.append(weight)
-        return params, handles
+        return params
     alpha = float(lora_rank if lora_alpha is None else lora_alpha)
     for name, keep in keeps.items():
         module = modules[name]
@@ -196,13 +227,16 @@ def _trainable(modules: dict, keeps: dict, lora_rank, lora_alpha, gen: torch.Gen
             lora.A.copy_(torch.randn(lora.A.shape, generator=gen) / math.sqrt(lora.A.shape[1]))
         parametrize.register_parametrization(module, "weight", lora)
         params += [lora.A, lora.B]
-    return params, handles
+    return params
 
 
-def _step(model: nn.Module, batch: torch.Tensor, opt, sched, report: RecoveryReport) -> torch.Tensor:
-    """One AdamW step of next-token cross-entropy on ``batch [batch_size, seqlen]``."""
-    logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+def _step(model: nn.Module, batch: torch.Tensor, opt, sched, report: RecoveryReport, step: int) -> torch.Tensor:
+    """One AdamW step of next-token cross-entropy on ``batch [batch_size, seqlen]``; a non-finite
+    loss stops before the update."""
+    loss = _loss(model, batch)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"the training loss became {loss.item()} at step {step + 1} (lr={report.lr:g} too "
+                                 f"high?); the model is as it was before recover")
     opt.zero_grad(set_to_none=True)
     loss.backward()
     report.lrs.append(sched.get_last_lr()[0])
@@ -211,15 +245,32 @@ def _step(model: nn.Module, batch: torch.Tensor, opt, sched, report: RecoveryRep
     return loss
 
 
-def _restore(model, modules, keeps, handles, lora_rank, frozen: dict, was_training: bool) -> None:
-    """Undo the training set-up: hooks off, LoRA merged as ``ΔW ⊙ keep`` into W (the parametrization
-    computes exactly that), ``requires_grad`` and train/eval mode as they were."""
+def _loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+
+
+@torch.no_grad()
+def _check_finite(model: nn.Module, batch: torch.Tensor, steps: int, lr: float) -> None:
+    """The model after the last update still gives a finite loss (each step checks the one before)."""
+    loss = _loss(model, batch)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"after {steps} steps the loss is {loss.item()} (lr={lr:g} too high?); the "
+                                 f"model is as it was before recover")
+
+
+def _restore(model, linears: list, handles: list, frozen: dict, was_training: bool, backup: dict | None) -> None:
+    """Undo the training set-up: hooks off; LoRA merged as ``ΔW ⊙ keep`` into W (the parametrization
+    computes exactly that), or, with ``backup`` (a failure), every weight as it was before; then
+    ``requires_grad`` and train/eval mode as they were."""
     for h in handles:
         h.remove()
-    if lora_rank is not None:
-        for name in keeps:
-            if parametrize.is_parametrized(modules[name], "weight"):
-                parametrize.remove_parametrizations(modules[name], "weight", leave_parametrized=True)
+    for module in linears:
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=backup is None)
+    with torch.no_grad():
+        for module, W in zip(linears, (backup or {}).values()):
+            module.weight.copy_(W)
     for n, p in model.named_parameters():
         p.requires_grad_(frozen.get(n, False))
     model.train(was_training)
