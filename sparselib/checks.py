@@ -197,11 +197,17 @@ def check_token_ids(ids, vocab_size: int | None = None, limit: int | None = None
         raise ValueError(f"{name} is empty (shape {tuple(ids.shape)}); use nsamples >= 1 and seqlen >= 2 "
                          f"in sparselib.calibration_data")
     check_seqlen(ids.shape[1], limit, f"{name} seqlen")
-    low, high = int(ids.min()), int(ids.max())
-    if low < 0 or (vocab_size is not None and high >= vocab_size):
-        allowed = f"[0, {vocab_size})" if vocab_size is not None else "0 and up"
-        raise ValueError(f"{name} holds token ids outside {allowed} (from {low} to {high}); "
-                         f"tokenize with this model's tokenizer")
+    return check_id_range(ids, vocab_size, name)
+
+
+def check_id_range(ids: torch.Tensor, vocab_size: int | None, name: str = "ids") -> torch.Tensor:
+    """Token ids in ``[0, vocab_size)`` (``vocab_size`` None: not negative)."""
+    if ids.numel():
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or (vocab_size is not None and high >= vocab_size):
+            allowed = f"[0, {vocab_size})" if vocab_size is not None else "0 and up"
+            raise ValueError(f"{name} holds token ids outside {allowed} (from {low} to {high}); "
+                             f"tokenize with this model's tokenizer")
     return ids
 
 

@@ -164,6 +164,7 @@ def load_model(name: str = OFFLINE_MODEL, device=None, dtype: torch.dtype = torc
     device: ``None``/"cpu", "cuda", ... ; dtype: the weights' dtype (fp32 for CPU work).
     Only safetensors checkpoints are loaded; ``trust_remote_code`` is off unless you turn it on.
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -185,6 +186,9 @@ def load_model(name: str = OFFLINE_MODEL, device=None, dtype: torch.dtype = torc
             source, **dtype_kwargs(dtype), use_safetensors=True, trust_remote_code=trust_remote_code)
     except OSError as err:
         raise ValueError(f"could not load model {str(name)!r} ({' '.join(str(err).split())[:300]}); {_SOURCES}") from None
+    except SafetensorError as err:  # a truncated or damaged weights file
+        raise ValueError(f"could not load model {str(name)!r}: a .safetensors file in {source} is damaged or "
+                         f"incomplete ({' '.join(str(err).split())[:200]}); save or download the model again") from None
     finally:
         if bar:
             hf_logging.enable_progress_bar()

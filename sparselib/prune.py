@@ -17,9 +17,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .calibration import LinearStats, layerwise
-from .checks import check_choice, check_token_ids, check_weights, max_positions
+from .checks import (check_batch_size, check_choice, check_device, check_token_ids, check_weights,
+                     max_positions)
 from .masks import Pattern, mask_for, parse_sparsity
-from .models import adapter_for, decoder_layers, layer_linears, set_weight, weight_of
+from .models import adapter_for, decoder_layers, layer_linears, model_device, set_weight, weight_of
 from .owl import resolve_layer_sparsity
 from .scores import magnitude_scores, wanda_scores
 from .sparsegpt import _prune_shared_prechecked
@@ -116,9 +117,11 @@ class PruneReport:
 # --------------------------------------------------------------------------------------------
 # Validation: everything is checked before the first weight changes
 # --------------------------------------------------------------------------------------------
-def _validate(model, method, pattern, calib, options) -> None:
+def _validate(model, method, pattern, calib, options, batch_size, device) -> None:
     """Every check, through :mod:`sparselib.checks`, before the first weight changes."""
     check_choice(method, METHODS, "method")
+    check_batch_size(batch_size)
+    check_device(device)
     spec = METHODS[method]
     unknown = set(options) - set(spec.options)
     if unknown:
@@ -147,10 +150,12 @@ def prune(model: nn.Module, method: str, sparsity, calib: torch.Tensor | None = 
               OWL's outlier-weighted fractions (:mod:`sparselib.owl`); unstructured only.
     options:  the method's own: magnitude/wanda ``per="matrix"|"row"``; sparsegpt ``blocksize``,
               ``percdamp``.
-    Bad input raises ValueError/TypeError before any weight changes.
+    Bad input raises ValueError/TypeError before any weight changes. If pruning fails part-way
+    (calibration activations that overflow, out of memory, Ctrl-C), every weight is put back as it
+    was before the error is raised: the model is pruned entirely or not at all.
     """
     pattern = parse_sparsity(sparsity)
-    _validate(model, method, pattern, calib, options)
+    _validate(model, method, pattern, calib, options, batch_size, device)
     selected = _selected(layers, len(decoder_layers(model)))
     per_layer = None if layer_sparsity is None else resolve_layer_sparsity(
         model, method, pattern, calib, layer_sparsity, layers, batch_size=batch_size, device=device)
@@ -163,17 +168,53 @@ def prune(model: nn.Module, method: str, sparsity, calib: torch.Tensor | None = 
                          only=selected)
     else:
         walk = ((i, layer, layer_linears(layer), {}) for i, layer in enumerate(layers))
-    for index, layer, linears, stats in tqdm(walk, total=len(layers), desc=f"{method} {pattern}",
-                                             disable=not progress):
-        if index not in selected:
-            continue
-        layer_pattern = pattern if per_layer is None else parse_sparsity(per_layer[index])
-        for names in _groups(linears, stats, spec.shared):
-            report.records += _prune_group(spec, index, {n: linears[n] for n in names}, stats.get(names[0]),
-                                           layer_pattern, device, options)
+    originals = _Originals(model)
+    try:
+        for index, layer, linears, stats in tqdm(walk, total=len(layers), desc=f"{method} {pattern}",
+                                                 disable=not progress):
+            if index not in selected:
+                continue
+            layer_pattern = pattern if per_layer is None else parse_sparsity(per_layer[index])
+            for names in _groups(linears, stats, spec.shared):
+                _check_finite(stats.get(names[0]), index, names, model)
+                report.records += _prune_group(spec, index, {n: linears[n] for n in names}, stats.get(names[0]),
+                                               layer_pattern, device, options, originals)
+    except BaseException:
+        originals.put_back()
+        raise
     report.seconds = time.perf_counter() - start
     log.info("%s %s: %.2f%% zeros in %.1f s", method, pattern, 100 * report.sparsity, report.seconds)
     return report
+
+
+class _Originals:
+    """Every decoder-layer weight as it was before pruning, to put back if pruning fails part-way.
+    No copies: a pruned weight is a fresh tensor (``set_weight(adopt=True)``), so holding the old one
+    is enough; a weight that would be overwritten in place gets fresh memory first (:meth:`keep`)."""
+
+    def __init__(self, model: nn.Module):
+        self.layers = [(layer, model_device(layer)) for layer in decoder_layers(model)]
+        self.weights = {m: m.weight.data for layer, _ in self.layers for m in layer_linears(layer).values()}
+
+    def keep(self, module: nn.Module) -> None:
+        """Call before writing ``module``'s new weight."""
+        if module.weight.data_ptr() == self.weights[module].data_ptr():  # still the original's memory
+            module.weight.data = torch.empty_like(module.weight.data)
+
+    def put_back(self) -> None:
+        for layer, home in self.layers:
+            layer.to(home)  # a layer that was visiting `device` when the error came
+        for module, W in self.weights.items():
+            module.weight.data = W
+
+
+def _check_finite(stats: LinearStats | None, index: int, names: list[str], model: nn.Module) -> None:
+    """The calibration statistics of a linear are finite (float16 activations can overflow)."""
+    if stats is not None and not torch.isfinite(stats.norms).all():
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        raise ValueError(f"the calibration activations reaching layer {index} {names[0]} are not finite "
+                         f"(they overflow in {dtype}?); nothing was pruned. Load the model in float32 or "
+                         f"bfloat16: sparselib.load_model(name, dtype=torch.float32)")
 
 
 def _selected(layers, count: int) -> set[int]:
@@ -186,7 +227,8 @@ def _selected(layers, count: int) -> set[int]:
     return selected
 
 
-def _prune_group(spec: Method, index: int, linears: dict, stats, pattern: Pattern, device, options: dict):
+def _prune_group(spec: Method, index: int, linears: dict, stats, pattern: Pattern, device, options: dict,
+                 originals: _Originals):
     """Prune the linears of one group (one linear, or all that share ``stats`` for a shared method)
     and write their new weights back; one :class:`LinearRecord` each."""
     t = time.perf_counter()
@@ -197,6 +239,7 @@ def _prune_group(spec: Method, index: int, linears: dict, stats, pattern: Patter
     seconds = (time.perf_counter() - t) / sum(W.numel() for W in Ws)  # shared time, by size
     records = []
     for (name, module), W, W_new in zip(linears.items(), Ws, new):
+        originals.keep(module)
         set_weight(module, W_new, adopt=True)  # every method returns a fresh tensor
         zeros = (weight_of(module) == 0).sum().item() / W.numel()
         records.append(LinearRecord(index, name, tuple(W.shape), zeros, seconds * W.numel()))

@@ -69,6 +69,9 @@ def tiny(tmp_path_factory):
     save_sliced(sliced, root / "sliced")
     char_tokenizer().save_pretrained(root / "sliced")
     dirs["sliced"] = str(root / "sliced")
+    truncated = Path(_save(tiny_llama(), root / "truncated")) / "model.safetensors"
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    dirs["truncated"] = str(truncated.parent)
     (root / "config-only").mkdir()
     tiny_llama().config.save_pretrained(root / "config-only")
     dirs["config-only"] = str(root / "config-only")
@@ -385,6 +388,10 @@ BAD = {
     "model is a file": (["--model", "{file}", *WANDA], "is a file, not a model directory"),
     "model dir without config": (["--model", "{empty}", *WANDA], "no config.json"),
     "model without safetensors": (["--model", "{config-only}", *WANDA], "only safetensors"),
+    "truncated model.safetensors": (["--model", "{truncated}", *WANDA], "damaged or incomplete"),
+    "batch size 0": (["--model", "{llama}", *WANDA, "--batch-size", "0"], "--batch-size must be at least 1"),
+    "batch size -1": (["--model", "{llama}", *WANDA, "--batch-size", "-1"], "--batch-size must be at least 1"),
+    "batch size 2.5": (["--model", "{llama}", *WANDA, "--batch-size", "2.5"], "invalid int value"),
     "not a causal LM": (["--model", "{bert}", *WANDA], "not a causal language model"),
     "architecture not supported": (["--model", "{gpt_neox}", *WANDA], "Add an entry to sparselib.models.ADAPTERS"),
     "slicegpt on GPT-2": (["--model", "{gpt2}", "--method", "slicegpt", "--sparsity", "0.25"],
