@@ -28,6 +28,7 @@ saves memory by never forming ``B A``; a masked one cannot take that short cut.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -40,7 +41,7 @@ from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
 from .checks import check_batch_size, check_int, check_number, check_token_ids, max_positions
-from .models import decoder_layers, layer_linears
+from .models import decoder_layers, is_conv1d, layer_linears
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,76 @@ class _MaskedLoRA(nn.Module):
         return merge_lora(W, self.A, self.B, self.scale, self.keep)
 
 
+class _MaskedLoRALinear(torch.autograd.Function):
+    """``y = x W'ᵀ + b`` with ``W' = W + (s · B A) ⊙ keep`` (:func:`merge_lora`), forming ``W'`` in the
+    forward pass and again in the backward pass instead of keeping it: autograd saves only ``x`` and
+    references to tensors that exist anyway. ``conv1d``: GPT-2's layout, ``y = x W' + b``."""
+
+    @staticmethod
+    def forward(ctx, x, W, bias, A, B, keep, scale: float, conv1d: bool):
+        ctx.save_for_backward(x, W, A, B, keep)
+        ctx.scale, ctx.conv1d = scale, conv1d
+        Wp = merge_lora(W, A, B, scale, keep)
+        return F.linear(x, Wp.t() if conv1d else Wp, bias)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, W, A, B, keep = ctx.saved_tensors
+        Wp = merge_lora(W, A, B, ctx.scale, keep)      # W' again: one linear's worth, freed at once
+        Wl = Wp.t() if ctx.conv1d else Wp               # [out, in]
+        grad_x = g @ Wl if ctx.needs_input_grad[0] else None
+        gW = g.reshape(-1, g.shape[-1]).t() @ x.reshape(-1, x.shape[-1])  # dL/dW' [out, in]
+        if ctx.conv1d:
+            gW = gW.t()
+        g_delta = (gW * keep) * ctx.scale               # through ⊙ keep, then s·
+        return grad_x, None, None, B.t() @ g_delta, g_delta @ A.t(), None, None, None
+
+
+class _Recomputed:
+    """A linear whose forward is :class:`_MaskedLoRALinear` for the time of training (``recompute=True``);
+    ``remove(merge)`` writes ``W + (s · B A) ⊙ keep`` into its weight (or leaves W) and puts back its forward."""
+
+    def __init__(self, module: nn.Module, lora: _MaskedLoRA):
+        self.module, self.lora = module, lora
+        conv1d = is_conv1d(module)
+
+        def forward(x):
+            return _MaskedLoRALinear.apply(x, module.weight, module.bias, lora.A, lora.B, lora.keep, lora.scale,
+                                           conv1d)
+        module.forward = forward  # an instance attribute: nn.Module.__call__ finds it first
+
+    def remove(self, merge: bool = False) -> None:
+        if merge:
+            with torch.no_grad():
+                self.module.weight.copy_(self.lora(self.module.weight))
+        del self.module.forward
+
+
+@contextlib.contextmanager
+def saved_tensor_bytes(model: nn.Module):
+    """Count the bytes autograd keeps for the backward pass while the block runs (each storage once),
+    leaving out ``model``'s parameters and buffers, which exist anyway::
+
+        with saved_tensor_bytes(model) as saved:
+            recover(model, data, steps=1, ...)
+        saved["bytes"]
+
+    A tensor-level figure, independent of the allocator and of the machine's load."""
+    own = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    seen, saved = set(), {"bytes": 0}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in own and storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            saved["bytes"] += storage.nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield saved
+
+
 def _check(model, data, steps, batch_size, lr, lora_rank, lora_alpha, weight_decay, warmup, seed,
-           callback) -> dict[str, torch.Tensor]:
+           callback, recompute=False) -> dict[str, torch.Tensor]:
     """Every argument, before anything changes (:mod:`sparselib.checks`); returns the masks."""
     check_token_ids(data, getattr(model.config, "vocab_size", None), max_positions(model.config), "data")
     check_int(steps, "steps", 1)
@@ -107,6 +176,10 @@ def _check(model, data, steps, batch_size, lr, lora_rank, lora_alpha, weight_dec
     if warmup is not None:
         check_int(warmup, "warmup", 0)
     check_int(seed, "seed", 0)
+    if not isinstance(recompute, bool):
+        raise TypeError(f"recompute must be True or False, not {recompute!r}")
+    if recompute and lora_rank is None:
+        raise TypeError("recompute applies to masked LoRA only; pass lora_rank too (or drop recompute)")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be a function callback(step, model, loss), not {type(callback).__name__}")
     keeps = masks_of(model)
@@ -143,7 +216,8 @@ def cosine_lr(step: int, steps: int, warmup: int) -> float:
 
 def recover(model: nn.Module, data: torch.Tensor, steps: int, *, batch_size: int = 4, lr: float | None = None,
             lora_rank: int | None = None, lora_alpha: float | None = None, weight_decay: float = 0.0,
-            warmup: int | None = None, seed: int = 0, progress: bool = True, callback=None) -> RecoveryReport:
+            warmup: int | None = None, seed: int = 0, recompute: bool = False, progress: bool = True,
+            callback=None) -> RecoveryReport:
     """Fine-tune ``model`` in place for ``steps`` AdamW steps with every pruning mask held fixed.
 
     data:       LongTensor ``[nsamples, seqlen]`` of training windows (Brown train:
@@ -152,6 +226,10 @@ def recover(model: nn.Module, data: torch.Tensor, steps: int, *, batch_size: int
     lr:         default 1e-4 for full fine-tuning, 1e-3 for LoRA; ``warmup`` steps default to 10 %.
     lora_rank:  None = full masked fine-tuning; an int = masked LoRA of that rank on every
                 decoder-layer linear (``lora_alpha`` defaults to the rank), merged as ``ΔW ⊙ keep``.
+    recompute:  masked LoRA only: form each linear's ``W + (s·B A) ⊙ keep`` again in the backward
+                pass instead of keeping it from the forward pass (the same numbers, to float rounding;
+                about a linear's weight less memory per linear, one more product each). While it
+                trains, a linear's ``weight`` is its frozen ``W`` (the update is merged at the end).
     callback:   ``callback(step, model, loss)`` after each step (1-based step), e.g. to evaluate.
     Returns a :class:`RecoveryReport` with the loss of every step.
 
@@ -162,7 +240,7 @@ def recover(model: nn.Module, data: torch.Tensor, steps: int, *, batch_size: int
     """
     lr = (1e-3 if lora_rank else 1e-4) if lr is None else lr
     keeps = _check(model, data, steps, batch_size, lr, lora_rank, lora_alpha, weight_decay, warmup, seed,
-                   callback)
+                   callback, recompute)
     warmup = max(0, steps // 10) if warmup is None else warmup
     modules = dict(model.named_modules())
     frozen = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -176,7 +254,8 @@ def recover(model: nn.Module, data: torch.Tensor, steps: int, *, batch_size: int
         for p in model.parameters():
             p.requires_grad_(False)
         torch.manual_seed(seed)
-        params = _trainable(modules, keeps, lora_rank, lora_alpha, torch.Generator().manual_seed(seed), handles)
+        params = _trainable(modules, keeps, lora_rank, lora_alpha, torch.Generator().manual_seed(seed), handles,
+                            recompute)
         report.trained_parameters = sum(p.numel() for p in params)
         device = params[0].device
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -207,7 +286,8 @@ def recover(model: nn.Module, data: torch.Tensor, steps: int, *, batch_size: int
     return report
 
 
-def _trainable(modules: dict, keeps: dict, lora_rank, lora_alpha, gen: torch.Generator, handles: list):
+def _trainable(modules: dict, keeps: dict, lora_rank, lora_alpha, gen: torch.Generator, handles: list,
+               recompute: bool = False):
     """What the optimiser trains: each pruned weight with its gradient masked (full fine-tuning), or a
     masked LoRA pair per pruned linear. Returns the parameters; the hooks' handles go into ``handles``
     as they are made (so that a failure half-way can remove them)."""
@@ -225,7 +305,10 @@ def _trainable(modules: dict, keeps: dict, lora_rank, lora_alpha, gen: torch.Gen
         lora = _MaskedLoRA(module.weight, lora_rank, alpha, keep)
         with torch.no_grad():  # A from the seeded generator, so runs repeat exactly
             lora.A.copy_(torch.randn(lora.A.shape, generator=gen) / math.sqrt(lora.A.shape[1]))
-        parametrize.register_parametrization(module, "weight", lora)
+        if recompute:
+            handles.append(_Recomputed(module, lora))
+        else:
+            parametrize.register_parametrization(module, "weight", lora)
         params += [lora.A, lora.B]
     return params
 
@@ -264,7 +347,7 @@ def _restore(model, linears: list, handles: list, frozen: dict, was_training: bo
     computes exactly that), or, with ``backup`` (a failure), every weight as it was before; then
     ``requires_grad`` and train/eval mode as they were."""
     for h in handles:
-        h.remove()
+        h.remove(merge=backup is None) if isinstance(h, _Recomputed) else h.remove()
     for module in linears:
         if parametrize.is_parametrized(module, "weight"):
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=backup is None)

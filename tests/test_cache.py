@@ -148,6 +148,6 @@ def test_two_processes_converting_at_once_convert_once(offline):
         waiter.join(timeout=2)
         assert waiter.is_alive()  # waiting for the lock, not converting
         models._convert_gguf(models.offline_model_dir())
-    waiter.join(timeout=120)
+    waiter.join(timeout=600)
     assert len(offline) == 1 and len(loaded) == 1
     assert [p.name for p in models.cache_dir().iterdir()] == [models.offline_model_dir().name]

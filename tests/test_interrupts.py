@@ -13,7 +13,7 @@ from sparselib.interrupts import Interrupted, Interrupts, is_command
 from sparselib.io import deferred_signals
 
 
-def _spin(seconds: float = 5.0) -> None:
+def _spin(seconds: float = 60.0) -> None:
     """Run bytecode (where a pending signal handler gets its turn) for up to ``seconds``."""
     end = time.monotonic() + seconds
     while time.monotonic() < end:

@@ -246,12 +246,12 @@ def test_a_failure_while_setting_up_lora_restores_the_model(tiny_calib, monkeypa
 # --------------------------------------------------------------------------------------------
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lora_rank=st.sampled_from([None, 2, 8]), weight_decay=st.floats(0.01, 0.5),
-       lr=st.floats(1e-3, 5e-2), seed=st.integers(0, 3))
-def test_every_pruned_weight_stays_exactly_zero(lora_rank, weight_decay, lr, seed, tiny_calib):
+       lr=st.floats(1e-3, 5e-2), seed=st.integers(0, 3), recompute=st.booleans())
+def test_every_pruned_weight_stays_exactly_zero(lora_rank, weight_decay, lr, seed, recompute, tiny_calib):
     model = _pruned("2:4", tiny_calib)
     keeps = masks_of(model)
     recover(model, _data(seed=seed), steps=3, batch_size=2, lr=lr, lora_rank=lora_rank, weight_decay=weight_decay,
-            seed=seed, progress=False)
+            seed=seed, recompute=recompute and lora_rank is not None, progress=False)
     modules = dict(model.named_modules())
     trained = 0
     for name, keep in keeps.items():
@@ -263,3 +263,61 @@ def test_every_pruned_weight_stays_exactly_zero(lora_rank, weight_decay, lr, see
         assert groups.max() <= 2
         trained += int((W[keep] != 0).any())
     assert trained  # the survivors did train
+
+
+# --------------------------------------------------------------------------------------------
+# Masked LoRA that recomputes (s·B A) ⊙ keep in the backward pass: the same numbers, less memory
+# --------------------------------------------------------------------------------------------
+def _gpt2_pruned():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=64)).eval()
+    sparselib.prune(model, "magnitude", "2:4", progress=False)
+    return model
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_recompute_gives_the_same_training(arch, tiny_calib):
+    runs = []
+    for recompute in (False, True):
+        model = _pruned("2:4", tiny_calib) if arch == "llama" else _gpt2_pruned()
+        keeps = masks_of(model)
+        report = recover(model, _data(), 5, batch_size=2, lr=1e-2, lora_rank=4, weight_decay=0.1,
+                         recompute=recompute, progress=False)
+        _assert_same_masks(model, keeps, "2:4" if arch == "llama" else None)  # (Conv1D's keep is [in, out])
+        runs.append((report.losses, snapshot(model)))
+        assert not any(hasattr(m, "parametrizations") or "forward" in vars(m) for m in model.modules())
+    (l1, s1), (l2, s2) = runs
+    assert l1 == pytest.approx(l2, rel=1e-5)
+    for k in s1:
+        torch.testing.assert_close(s1[k], s2[k], rtol=1e-5, atol=1e-6)
+
+
+def test_recompute_keeps_less_for_the_backward_pass(tiny_calib):
+    """Bytes autograd saves during one forward (parameters and buffers, which exist anyway, not
+    counted): recomputing frees at least every linear's full-size W' of the plain masked LoRA."""
+    from sparselib.recovery import saved_tensor_bytes
+
+    saved = {}
+    for recompute in (False, True):
+        model = _pruned("2:4", tiny_calib)
+        with saved_tensor_bytes(model) as counted:
+            recover(model, _data()[:2], 1, batch_size=2, lora_rank=4, recompute=recompute, progress=False)
+        saved[recompute] = counted["bytes"]
+    linears = sum(W.numel() * W.element_size() for W in masks_of(model).values())
+    assert saved[False] - saved[True] >= linears
+
+
+def test_recompute_failure_restores_and_needs_lora(tiny_calib):
+    model = _pruned("2:4", tiny_calib)
+    before, flags = snapshot(model), {n: p.requires_grad for n, p in model.named_parameters()}
+    with pytest.raises(FloatingPointError):
+        recover(model, _data(), 3, batch_size=2, lr=1e30, lora_rank=4, recompute=True, progress=False)
+    assert_as_before(model, before, flags)
+    assert not any("forward" in vars(m) for m in model.modules())
+    with pytest.raises(TypeError, match="lora_rank"):
+        recover(model, _data(), 3, recompute=True, progress=False)
+    with pytest.raises(TypeError, match="recompute"):
+        recover(model, _data(), 3, lora_rank=4, recompute="yes", progress=False)
+    assert_as_before(model, before, flags)
