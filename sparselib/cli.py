@@ -14,13 +14,13 @@ behind. The work itself is the library's: ``load_model``, ``calibration_data``, 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import shlex
 import signal
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import torch
@@ -30,7 +30,8 @@ from .checks import (check_batch_size, check_device, check_enough_tokens, check_
 from .course.results import provenance
 from .data import DATASETS, calibration_data, load_text, test_data
 from .eval import EVAL_SEQLEN, EVAL_TOKENS, perplexity
-from .io import write_atomically
+from .interrupts import Interrupted, Interrupts
+from .io import Busy, exclusive, mark_output, write_atomically
 from .masks import parse_sparsity
 from .models import OFFLINE_MODEL, decoder_layers, gguf_path, load_config, load_model, model_device, offline_model_dir
 from .prune import METHODS, model_sparsity, prune
@@ -192,8 +193,19 @@ def _report(args, model, pattern, device, params_before: int, done: dict, ppl, s
 
 
 def _cmd_prune(args) -> int:
-    start, progress = time.perf_counter(), not args.quiet
+    start = time.perf_counter()
     pattern, device, out = _check_prune_args(args)                    # 1. the command line alone
+    args.run_state["out"] = out
+    try:
+        with exclusive(out):  # a second run to the same --out is refused at once, not at its end
+            return _prune_to(args, out, pattern, device, start)
+    except Busy:
+        raise UsageError(f"--out {out} is being written by another sparselib run; wait for it to end, or "
+                         f"choose another --out") from None
+
+
+def _prune_to(args, out: Path, pattern, device, start: float) -> int:
+    progress = not args.quiet
     if _needs_calibration(args.method):                                # 2. the text, the model's config
         load_text(args.calib, "train")
     if args.eval:
@@ -226,7 +238,7 @@ def _cmd_prune(args) -> int:
     report = _report(args, model, pattern, device, params_before, done, ppl, seconds, cuda_prune)
     write_atomically(out, lambda directory: _save(model, tokenizer, report, directory, start),  # 5. the checkpoint
                      overwrite=lambda path: check_out_dir(path, args.force),  # it may have appeared meanwhile
-                     on_replaced=lambda: setattr(args, "written", True))
+                     on_replaced=lambda: args.run_state.update(written=True))
     _print_summary(out, report)
     return 0
 
@@ -244,7 +256,9 @@ def _save(model, tokenizer, report: dict, directory: Path, started: float) -> No
     report["seconds"]["save"] = round(time.perf_counter() - start, 2)
     report["seconds"]["total"] = round(time.perf_counter() - started, 2)
     report["peak_memory"] = _peak_memory(report["peak_memory"].get("cuda_prune_bytes"))
+    report["output_id"] = uuid.uuid4().hex
     (directory / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    mark_output(directory, report["output_id"])  # last: what --force may later replace, and nothing else
 
 
 def _peak_memory(cuda_prune_bytes=None) -> dict:
@@ -428,52 +442,55 @@ def _add_info(commands, debug) -> None:
     i.set_defaults(run=_cmd_info)
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C (cleanup) but with its own exit status."""
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    def handler(signum, frame):
-        raise _Terminated
-
-    try:
-        old = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave SIGTERM alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 def _one_line(err: BaseException, limit: int = 600) -> str:
     text = " ".join(str(err).split()) or type(err).__name__
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status.
+
+    Ctrl-C or SIGTERM, wherever it lands, ends with one line on stderr and status 130 / 143, and
+    leaves nothing behind (:class:`sparselib.interrupts.Interrupts`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    interrupts, run = Interrupts(), {}
+    try:
+        interrupts.install()
+        code = _main(argv, run)
+        interrupts.finish()
+        return code
+    except KeyboardInterrupt as err:
+        signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
+        err.with_traceback(None)  # let go of the interrupted frames (and the progress bars they hold)
+        interrupts.settle()
+        word = "terminated" if signum == signal.SIGTERM else "interrupted"
+        out = run.get("out")
+        where = f" after writing {out}" if run.get("written") else f"; nothing was written{f' to {out}' if out else ''}"
+        print(f"sparselib: {word}{where}", file=sys.stderr)
+        return 128 + signum
+    finally:
+        interrupts.uninstall()
+
+
+def _main(argv: list[str], run: dict) -> int:
+    """The command, one-line errors included; ``run`` receives ``out`` and ``written`` for the
+    interrupt message."""
     from transformers.utils import logging as hf_logging
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("sparselib: %(message)s"))
     root = logging.getLogger("sparselib")
     level, propagate, hf_level = root.level, root.propagate, hf_logging.get_verbosity()
-    root.addHandler(handler)
-    root.propagate = False  # our handler prints them; a notebook's root handler would print them twice
-    hf_logging.set_verbosity_error()  # e.g. "Token indices sequence length is longer than ..." on the corpus
     hf_bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # transformers' per-file bars; ours show calibration, pruning, eval
-    args = None
     try:
-        with _sigterm_as_interrupt():
-            args = build_parser().parse_args(argv)
-            args.argv = argv
-            root.setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
-            return args.run(args)
+        root.addHandler(handler)
+        root.propagate = False  # our handler prints them; a notebook's root handler would print them twice
+        hf_logging.set_verbosity_error()  # e.g. "Token indices sequence length is longer than ..." on the corpus
+        hf_logging.disable_progress_bar()  # transformers' per-file bars; ours show calibration, pruning, eval
+        args = build_parser().parse_args(argv)
+        args.argv, args.run_state = argv, run
+        root.setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
+        return args.run(args)
     except SystemExit as exit_:  # --help, --version
         return exit_.code if isinstance(exit_.code, int) else 0
     except (UsageError, ValueError, TypeError) as err:
@@ -486,12 +503,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"sparselib: error: {_one_line(err)} (--debug shows the traceback)", file=sys.stderr)
         return 1
-    except KeyboardInterrupt as err:
-        out = getattr(args, "out", None)
-        where = ("" if not out else f" after writing {out}" if getattr(args, "written", False)
-                 else f"; nothing was written to {out}")
-        print(f"sparselib: {'terminated' if isinstance(err, _Terminated) else 'interrupted'}{where}", file=sys.stderr)
-        return 143 if isinstance(err, _Terminated) else 130
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
