@@ -414,6 +414,27 @@ BAD = {
 }
 
 
+QUANT_BAD = {
+    "wbits 5": (["--model", "{llama}", *WANDA, "--wbits", "5"], "--wbits must be one of 2, 3, 4, 8"),
+    "group size without wbits": (["--model", "{llama}", *WANDA, "--group-size", "64"], "add --wbits"),
+    "group size not a number": (["--model", "{llama}", *WANDA, "--wbits", "4", "--group-size", "many"], "'channel'"),
+    "group size not dividing the inputs": (["--model", "{llama}", *WANDA, "--wbits", "4", "--group-size", "48"],
+                                           "use --group-size 64"),
+    "group size 128 on 64 inputs (the default)": (["--model", "{llama}", *WANDA, "--wbits", "4"],
+                                                  "does not divide the 64 inputs"),
+    "compressed-tensors without wbits": (["--model", "{llama}", *WANDA, "--format", "compressed-tensors"],
+                                         "add --wbits 4"),
+    "2:4 format for 50 %": (["--model", "{llama}", "--method", "wanda", "--sparsity", "0.5", "--format", "2:4"],
+                            "use --sparsity 2:4"),
+    "2:4 format with 3-bit values": (["--model", "{llama}", *WANDA, "--wbits", "3", "--group-size", "16",
+                                      "--format", "2:4"], "use --wbits 4 or 8"),
+    "sliced model in compressed-tensors": (["--model", "{llama}", "--method", "slicegpt", "--sparsity", "0.25",
+                                            "--wbits", "4", "--format", "compressed-tensors"], "use --format hf"),
+    "unknown format": (["--model", "{llama}", *WANDA, "--format", "gguf"], "invalid choice"),
+}
+BAD.update(QUANT_BAD)  # --wbits, --group-size, --format (issue 25)
+
+
 @pytest.mark.parametrize("case", BAD)
 def test_bad_input_is_one_line_and_writes_nothing(case, tiny, tmp_path, capsys):
     argv, fix = BAD[case]
@@ -757,3 +778,66 @@ def test_sigint_on_smollm2_leaves_nothing(tmp_path):
     assert proc.returncode == 130, err
     assert "interrupted; nothing was written" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------
+# --wbits, --group-size, --format: smaller checkpoints (issue 25)
+# --------------------------------------------------------------------------------------------
+def _on_grid(W: torch.Tensor, bits: int, group: int | None) -> bool:
+    """At most 2^bits distinct values in every row's group of ``group`` inputs (all of a row: None)."""
+    rows, cols = W.shape
+    g = group or cols
+    return all(len(torch.unique(x)) <= 2 ** bits for x in W.float().reshape(rows * (cols // g), g))
+
+
+def test_joint_24_int4_checkpoint_holds_the_pruned_quantized_model(tiny, tmp_path, capsys):
+    from sparselib.checkpoint24 import file_bytes, storage_of
+    from sparselib.storage import Storage
+
+    out = tmp_path / "24-int4"
+    code, stdout, err = run(["prune", "--model", tiny["llama"], "--method", "sparsegpt", "--sparsity", "2:4",
+                             "--wbits", "4", "--group-size", "16", "--format", "2:4", "--out", out, "--quiet",
+                             *FAST[:4]], capsys)
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["options"] | {"wbits": 4, "group_size": 16, "format": "2:4"} == report["options"]
+    assert report["quantization"]["method"].startswith("sparsegpt (joint")
+    assert report["checkpoint_bytes"] == file_bytes(out)
+    assert "format 2:4" in stdout and "int4 weights, groups of 16" in stdout
+    section = json.loads((out / "config.json").read_text())["sparselib_24"]
+    assert storage_of(section) == Storage("2:4 + int4", bits=4, group_size=16, sparsity="2:4", density=0.5)
+    model = sparselib.load_24(out)
+    converted = [(n, m.dense_weight()) for n, m in model.named_modules() if isinstance(m, sparselib.SparseLinear24)]
+    assert len(converted) == 14
+    for name, W in converted:
+        assert (W.reshape(-1, 4) != 0).sum(1).max() <= 2, name
+        assert _on_grid(W, 4, 16), name
+
+
+def test_prune_then_gptq_compressed_tensors_loads_with_transformers(tiny, tmp_path, capsys):
+    pytest.importorskip("compressed_tensors")
+    out = tmp_path / "w4"
+    code, stdout, err = run(["prune", "--model", tiny["llama"], "--method", "wanda", "--sparsity", "0.5",
+                             "--wbits", "4", "--group-size", "32", "--format", "compressed-tensors", "--out", out,
+                             "--eval", "--quiet", *FAST], capsys)
+    assert code == 0, err
+    model, report = reload(out)
+    assert report["quantization"]["method"].startswith("gptq") and report["quantization"]["bits"] == 4
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["format"] == "pack-quantized"
+    p = report["perplexity"]
+    assert p["after"] != p["before"]
+    # (the first forward decompresses the packed weights; fp16 as stored)
+    assert reloaded_perplexity(model, out, report) == pytest.approx(p["after"], rel=2e-2)
+    for name, W in decoder_linears(model):
+        assert (W == 0).float().mean() >= 0.5 - 1e-6, name          # GPTQ kept Wanda's zeros
+        assert _on_grid(W, 4, 32), name
+
+
+def test_per_channel_int8_in_the_hf_format(tiny, tmp_path, capsys):
+    out = tmp_path / "int8"
+    assert run(["prune", "--model", tiny["opt"], "--method", "magnitude", "--sparsity", "2:4", "--wbits", "8",
+                "--group-size", "channel", "--out", out, "--quiet", *FAST[:4]], capsys)[0] == 0
+    model, report = reload(out)
+    assert report["options"]["group_size"] is None and report["options"]["format"] == "hf"
+    for name, W in decoder_linears(model):
+        assert (W.reshape(-1, 4) != 0).sum(1).max() <= 2 and _on_grid(W, 8, None), name
