@@ -61,3 +61,47 @@ def test_recovery_results_hold_every_point_of_the_benchmark_at_its_budget():
             assert len(p["losses"]) == bench.BUDGET["steps"]
     first = rec["points"]["owl|wanda|0.7"]["first_steps"]
     assert first["budget"] == bench.BUDGET and len(first["losses"]) == bench.BUDGET["live_steps"]
+
+
+def _benchmark(name):
+    import importlib.util
+    path = results.RESULTS_DIR.parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_dense_control_is_the_dense_model_trained_like_the_recovery_curves():
+    rec = sparselib.load_result("recovery_smollm2")
+    control, curve = rec["points"]["control|dense|full"], rec["points"]["recovery|wanda|2:4|full"]
+    assert control["curve"][0]["perplexity"] == rec["dense_curve"]["perplexity"]   # it starts from the dense model
+    assert control["pruned_sparsity"] < 1e-3 and control["achieved_sparsity"] == control["pruned_sparsity"]
+    for field in ("budget", "lrs", "tokens_per_step", "trained_parameters"):  # the same training, step for step
+        assert control[field] == curve[field], field
+
+
+def test_owl_sweep_holds_its_grid_with_the_targets_each_rule_gives():
+    from sparselib.owl import owl_sparsities
+    bench = _benchmark("owl_sweep")
+    sweep = sparselib.load_result("owl_sweep_smollm2")
+    assert sweep["provenance"]["protocol"] == bench.PROTOCOL
+    assert (sweep["lambdas"], sweep["Ms"], sweep["target"]) == (bench.LAMBDAS, bench.MS, bench.TARGET)
+    sizes = sweep["layer_sizes"]
+    for rule, M, lam in bench.grid():
+        p = sweep["points"][bench.key(rule, M, lam)]
+        targets = p["layer_targets"]
+        assert targets == owl_sparsities(sweep["outlier_ratios"][f"{M:g}"], bench.TARGET, lam=lam, weights=sizes,
+                                         rule=rule)
+        assert abs(sum(s * n for s, n in zip(targets, sizes)) / sum(sizes) - bench.TARGET) < 1e-9
+        spread = max(targets) - min(targets)
+        if rule == "paper":   # within ±λ, the spread between λ and 2λ
+            assert max(abs(s - bench.TARGET) for s in targets) <= lam + 1e-9 and lam - 1e-9 <= spread <= 2 * lam + 1e-9
+        else:                 # the authors' code: a spread of exactly 2λ
+            assert abs(spread - 2 * lam) < 1e-9
+        assert abs(p["achieved_sparsity"] - bench.TARGET) < 1e-3
+    # the authors' setting is the point benchmarks/recovery.py recorded (same code, data and protocol)
+    rec = sparselib.load_result("recovery_smollm2")
+    assert sweep["outlier_ratios"]["5"] == pytest.approx(rec["outlier_ratios"], rel=1e-9)
+    sparselib.check_agreement(rec["points"]["owl|wanda|0.7"]["perplexity"],
+                              sweep["points"][bench.key("paper", 5.0, 0.08)]["perplexity"], rtol=0.02)
