@@ -217,8 +217,8 @@ def check_masked_step(fb, fn, steps: int = 3):
                 moment = opt.state[weight]["exp_avg"][~keep].abs().max().item()
                 return fb.fail(f"with {what}: {revived} of {int((~keep).sum())} pruned weights came back after "
                                f"step {step}, though their gradients are masked (with a fresh optimizer they "
-                               f"stay zero): AdamW's first moment still holds the gradients from before the pruning (up to "
-                               f"{moment:.2e}) and moves them. Weight decay cannot revive an exact zero (it "
+                               f"stay zero): AdamW's first moment still holds the gradients from before the "
+                               f"pruning (up to {moment:.2e}) and moves them. Weight decay cannot revive an exact zero (it "
                                f"scales w by 1 - lr·wd); the moments can. Re-apply the mask after every opt.step()")
             if not torch.allclose(weight.detach(), ref[0].weight.detach(), atol=1e-6):
                 return fb.fail(f"with {what}: the zeros are kept but the surviving weights after step {step} "
