@@ -298,3 +298,21 @@ def test_chapter7_recovery_words_hold_on_the_recorded_curves():
                   - 4 * pts["recovery|wanda|2:4|lora"]["trained_parameters"]) / 1e9
     assert mem["lora"]["peak_gb"] > mem["full"]["peak_gb"] - saving / 2
     assert "the measured peaks are not" in text and "thousands of steps" not in text
+
+
+def test_chapter7_sweep_words_hold_on_the_recorded_sweep():
+    text = _ch7_markdown()
+    sweep = sparselib.load_result("owl_sweep_smollm2")
+    ppl = {k: p["perplexity"] for k, p in sweep["points"].items()}
+    uniform, M0, lam0 = sweep["uniform"], sweep["authors"]["M"], sweep["authors"]["lam"]
+    # "OWL lowers the perplexity of Wanda 70 % at most settings" … "every point is a collapsed model"
+    assert "at most settings" in text and sum(p < uniform for p in ppl.values()) > len(ppl) / 2
+    assert "every\npoint is a collapsed model" in text or "every point is a collapsed model" in text.replace("\n", " ")
+    assert min(ppl.values()) > 10 * sweep["dense"]
+    # "Perplexity does not move smoothly": along λ at the authors' M it goes up and down
+    row = [ppl[f"paper|{M0:g}|{lam:g}"] for lam in sweep["lambdas"]]
+    assert "does not move smoothly" in text
+    assert any((b - a) * (c - b) < 0 for a, b, c in zip(row, row[1:], row[2:]))
+    # "not a best setting for this model": the text names no winner as the setting to use
+    assert not re.search(r"(best|right|recommended) (setting|λ|\$\\lambda\$) (for|on) SmolLM2 is", text)
+    assert ppl[f"paper|{M0:g}|{lam0:g}"] == sparselib.load_result("recovery_smollm2")["points"]["owl|wanda|0.7"]["perplexity"]
