@@ -298,6 +298,12 @@ def test_chapter7_recovery_words_hold_on_the_recorded_curves():
                   - 4 * pts["recovery|wanda|2:4|lora"]["trained_parameters"]) / 1e9
     assert mem["lora"]["peak_gb"] > mem["full"]["peak_gb"] - saving / 2
     assert "the measured peaks are not" in text and "thousands of steps" not in text
+    # … and the tensors, counted one by one, do show it: masked LoRA's peak is lower, its merged weights kept
+    tens = sparselib.load_result("recovery_memory_tensors_smollm2")["runs"]
+    weights_gb = 4 * pts["recovery|wanda|2:4|full"]["trained_parameters"] / 1e9
+    assert "masked LoRA's tensors do need less" in text
+    assert tens["lora"]["tensor_peak_gb"] < tens["full"]["tensor_peak_gb"] - weights_gb
+    assert tens["lora"]["saved_for_backward_gb"] > tens["full"]["saved_for_backward_gb"] + weights_gb / 2
 
 
 def test_chapter7_sweep_words_hold_on_the_recorded_sweep():
