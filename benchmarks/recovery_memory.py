@@ -88,7 +88,8 @@ def main():
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lora-rank", type=int, default=16)
-    parser.add_argument("--tensors", action="store_true", help="tensor accounting (profiler) instead of resident memory")
+    parser.add_argument("--tensors", action="store_true",
+                        help="tensor accounting (profiler) instead of resident memory")
     parser.add_argument("--record", action="store_true", help="write the figures to sparselib/results/")
     args = parser.parse_args()
     if args.tensors:
