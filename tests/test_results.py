@@ -203,6 +203,7 @@ def test_relative_gap():
     with pytest.raises(ValueError, match="positive"):
         bench.relative_gap(1.0, 0.0)
 
+
 def test_the_dense_control_is_the_dense_model_trained_like_the_recovery_curves():
     rec = sparselib.load_result("recovery_smollm2")
     control, curve = rec["points"]["control|dense|full"], rec["points"]["recovery|wanda|2:4|full"]
@@ -248,3 +249,68 @@ def test_owl_sweep_holds_its_grid_with_the_targets_each_rule_gives():
     assert sweep["outlier_ratios"]["5"] == pytest.approx(rec["outlier_ratios"], rel=1e-4)
     sparselib.check_agreement(rec["points"]["owl|wanda|0.7"]["perplexity"],
                               sweep["points"][bench.key("paper", 5.0, 0.08)]["perplexity"], rtol=0.02)
+
+
+# --- words for a comparison, decided by the spread -----------------------------------------------
+def test_verdict_words_follow_compare_and_name_the_side_that_is_ahead():
+    from sparselib.course.results import verdict_words
+
+    a, b = sparselib.spread([10.0, 11.0, 12.0]), sparselib.spread([13.5, 14.5, 15.5])   # gap 3.5 > 2
+    assert verdict_words(a, b, "A", "B") == "**A is ahead** by more than the noise (A 11.0 ± 1.0, B 14.5 ± 1.0)"
+    assert verdict_words(b, a, "B", "A").startswith("**A is ahead**")             # lower perplexity wins
+    assert verdict_words(a, b, "A", "B", better="higher", unit=" %") == \
+        "**B is ahead** by more than the noise (A 11.0 ± 1.0 %, B 14.5 ± 1.0 %)"           # an accuracy
+    assert verdict_words(b, a, "B", "A", better=None).startswith("**B is higher** than A by more than")
+    c = sparselib.spread([11.5, 12.5, 13.5])                                           # gap 1.5 < 2
+    for better in ("lower", "higher", None):
+        words = verdict_words(a, c, "A", "C", better=better)
+        assert words.startswith("**A and C are within noise**") and "ahead" not in words
+    with pytest.raises(ValueError, match="better"):
+        verdict_words(a, b, "A", "B", better="smaller")
+
+
+def test_verdict_words_call_a_gap_between_two_exact_values_exact():
+    from sparselib.course.results import verdict_words
+
+    words = verdict_words(sparselib.spread([466.0]), sparselib.spread([636.6]), "per row", "per matrix")
+    assert words == "**per row is ahead** (per row 466.0, per matrix 636.6; neither depends on a calibration draw)"
+    # one bar is enough to make a small gap noise: magnitude (exact) against a calibrated point
+    assert "within noise" in verdict_words(sparselib.spread([100.0]), sparselib.spread([98.0, 101.0, 104.0]), "m", "w")
+
+
+def test_ratio_adds_the_relative_bars_and_borrowed_spread_scales_one():
+    from sparselib.course.results import borrowed_spread, ratio, relative_std
+
+    a, b = {"mean": 200.0, "std": 10.0, "n": 3}, {"mean": 100.0, "std": 2.0, "n": 5}
+    r = ratio(a, b)
+    assert r["mean"] == 2.0 and r["std"] == pytest.approx(2.0 * (0.05 + 0.02)) and r["n"] == 3 and r["ratio"]
+    assert relative_std(r) == pytest.approx(0.07)
+    s = borrowed_spread(150.0, 0.04)
+    assert (s["mean"], s["std"], s["n"], s["borrowed"]) == (150.0, pytest.approx(6.0), 1, True)
+    with pytest.raises(ValueError, match="relative"):
+        borrowed_spread(150.0, -0.1)
+    with pytest.raises(TypeError, match="spread"):
+        ratio(2.0, b)
+
+
+def test_largest_relative_std_is_the_widest_bar_of_the_main_protocol():
+    from sparselib.course.results import largest_relative_std, relative_std
+
+    points = sparselib.load_result("seed_spread_smollm2")["points"].values()
+    main = [relative_std(p["perplexity"]) for p in points
+            if p["calibration"] and "nsamples" not in p["options"] and p["perplexity"]["n"] > 1]
+    assert main and largest_relative_std() == max(main) > 0
+
+
+def test_paired_items_count_disagreements_and_sign_test_them():
+    from sparselib.course.results import paired_items
+
+    got = paired_items("1110000", "1000110")
+    assert {k: got[k] for k in ("only_a", "only_b", "both", "neither")} == {"only_a": 2, "only_b": 2, "both": 1,
+                                                                            "neither": 2}
+    assert got["p"] == 1.0                                     # 2 against 2: no evidence either way
+    lopsided = paired_items("1" * 10 + "0" * 10, "0" * 20)     # 10 against 0: p = 2 / 2^10
+    assert lopsided["p"] == pytest.approx(2 / 2 ** 10)
+    assert paired_items("01", "01")["p"] == 1.0                # no disagreement at all
+    with pytest.raises(ValueError, match="one length"):
+        paired_items("0101", "010")

@@ -249,3 +249,117 @@ def compare(a: dict, b: dict) -> dict:
     gap, noise = a["mean"] - b["mean"], a["std"] + b["std"]
     verdict = "within noise" if abs(gap) <= noise else ("lower" if gap < 0 else "higher")
     return {"gap": gap, "noise": noise, "verdict": verdict}
+
+
+# --------------------------------------------------------------------------------------------
+# Words for a comparison, decided by the spread (for the chapters' glued conclusions)
+# --------------------------------------------------------------------------------------------
+def _check_spread(s, label: str = "spread") -> None:
+    if not isinstance(s, dict) or not {"mean", "std"} <= set(s):
+        raise TypeError(f"{label} must be a spread with 'mean' and 'std' (sparselib.results.spread, "
+                        f"or seed_point(...)['perplexity']), got {s!r}")
+
+
+def relative_std(s: dict) -> float:
+    """The standard deviation of a spread as a fraction of its mean (0.03: the bar is ±3 % of the value)."""
+    _check_spread(s)
+    return s["std"] / abs(s["mean"])
+
+
+def largest_relative_std(name: str = SEED_SPREAD) -> float:
+    """The widest error bar, relative to its value, among the calibrated points of the main protocol
+    (no ``nsamples`` option) in the recorded seed spread: the allowance :func:`borrowed_spread` gives a
+    point that was measured from one calibration draw only."""
+    points = [p for p in load_result(name)["points"].values()
+              if p.get("calibration") and "nsamples" not in p.get("options", {}) and p["perplexity"]["n"] > 1]
+    if not points:
+        raise ValueError(f"{name} holds no calibrated point measured over several seeds; "
+                         f"run benchmarks/seed_spread.py")
+    return max(relative_std(p["perplexity"]) for p in points)
+
+
+def borrowed_spread(value: float, relative: float) -> dict:
+    """A spread for a value measured from one calibration draw: ``value`` ± ``relative · value``,
+    marked ``"borrowed": True`` (the bar is an allowance taken from other points, not a measurement
+    of this one; e.g. ``relative = largest_relative_std()``)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"value must be a number, got {value!r}")
+    if not isinstance(relative, (int, float)) or isinstance(relative, bool) or relative < 0:
+        raise ValueError(f"relative must be a fraction ≥ 0 (e.g. largest_relative_std()), got {relative!r}")
+    value = float(value)
+    return {"mean": value, "std": abs(value) * relative, "min": value, "max": value, "n": 1, "borrowed": True}
+
+
+def ratio(a: dict, b: dict) -> dict:
+    """The spread of ``a / b`` from two spreads (e.g. Wanda's perplexity over SparseGPT's).
+
+    mean ``a_mean / b_mean``; std ``mean · (std_a / a_mean + std_b / b_mean)``: the relative bars
+    added, the same worst case as :func:`compare`, which adds the two bars. ``n`` is the smaller of
+    the two; ``"ratio": True`` marks a derived spread."""
+    _check_spread(a, "a")
+    _check_spread(b, "b")
+    if b["mean"] == 0:
+        raise ValueError("ratio: b has mean 0")
+    mean = a["mean"] / b["mean"]
+    std = abs(mean) * (relative_std(a) + relative_std(b))
+    return {"mean": mean, "std": std, "min": mean - std, "max": mean + std,
+            "n": min(a.get("n", 1), b.get("n", 1)), "ratio": True}
+
+
+def plus_minus(s: dict, fmt: str = ".1f", unit: str = "") -> str:
+    """``"95.1 ± 2.3"``: a spread as a reader writes an error bar (mean ± sample std), ``unit`` after
+    it (``" %"``: ``"29.9 ± 3.6 %"``)."""
+    _check_spread(s)
+    return f"{s['mean']:{fmt}} ± {s['std']:{fmt}}{unit}"
+
+
+def verdict_words(a: dict, b: dict, a_name: str, b_name: str, *, better: str | None = "lower",
+                  fmt: str = ".1f", unit: str = "") -> str:
+    """A conclusion about two spreads in words, decided by :func:`compare` (Markdown, to glue).
+
+    better: ``"lower"`` (perplexity: the lower one is ahead), ``"higher"`` (an accuracy), or ``None``
+            (no side is better: the words say which is larger).
+    fmt, unit: how the two values are written (:func:`plus_minus`).
+
+    - the bars do not overlap: ``"**SparseGPT is ahead** by more than the noise (Wanda 95.1 ± 2.3,
+      SparseGPT 83.8 ± 1.1)"``, or with ``better=None`` ``"**the gain at 2:4 is higher** than the
+      gain at 50 % by more than the noise (...)"``;
+    - they overlap: ``"**Wanda and SparseGPT are within noise** of each other (...)"``.
+
+    When both bars are zero (neither value depends on a calibration draw, e.g. two magnitude points)
+    the gap is exact and the words say so instead of naming a noise.
+    """
+    if better not in ("lower", "higher", None):
+        raise ValueError(f"better must be 'lower', 'higher' or None, got {better!r}")
+    c = compare(a, b)
+    values = f"{a_name} {plus_minus(a, fmt, unit)}, {b_name} {plus_minus(b, fmt, unit)}"
+    if c["noise"] == 0:
+        values = (f"{a_name} {a['mean']:{fmt}}{unit}, {b_name} {b['mean']:{fmt}}{unit}; "
+                  f"neither depends on a calibration draw")
+    if c["verdict"] == "within noise":
+        return f"**{a_name} and {b_name} are within noise** of each other ({values})"
+    beyond = "" if c["noise"] == 0 else " by more than the noise"
+    if better is None:
+        return f"**{a_name} is {c['verdict']}** than {b_name}{beyond} ({values})"
+    a_ahead = (c["verdict"] == "lower") == (better == "lower")
+    return f"**{a_name if a_ahead else b_name} is ahead**{beyond} ({values})"
+
+
+def paired_items(a_items: str, b_items: str) -> dict:
+    """Two models scored on the same items (strings of ``"0"``/``"1"`` in item order, as the task
+    benchmark records them): how many items ``only_a`` gets right, ``only_b``, ``both`` and
+    ``neither``, and ``p``: the exact two-sided sign test on the items where they disagree (McNemar's
+    exact test), the chance of a split at least this lopsided if both models were equally good."""
+    import math
+
+    if not isinstance(a_items, str) or not isinstance(b_items, str):
+        raise TypeError("a_items and b_items must be strings of '0' and '1' (the recorded 'items')")
+    if len(a_items) != len(b_items) or set(a_items + b_items) - {"0", "1"}:
+        raise ValueError(f"a_items and b_items must be '0'/'1' strings of one length, got lengths "
+                         f"{len(a_items)} and {len(b_items)}")
+    pairs = list(zip(a_items, b_items))
+    only_a, only_b = pairs.count(("1", "0")), pairs.count(("0", "1"))
+    n, k = only_a + only_b, min(only_a, only_b)
+    p = 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+    return {"only_a": only_a, "only_b": only_b, "both": pairs.count(("1", "1")),
+            "neither": pairs.count(("0", "0")), "p": p}
