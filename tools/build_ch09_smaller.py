@@ -274,6 +274,9 @@ trap_tags = {"rtn int4 g32 asym": "g32_asym", "rtn int4 g32": "g32", "rtn int4 g
 for key, tag in trap_tags.items():
     glue(f"trap_{tag}", points[key]["perplexity"], display=False)
 glue("trap_dense", points["fp16"]["perplexity"], display=False)
+near_free = points["rtn int4 g32 asym"]["perplexity"] <= 1.02 * points["fp16"]["perplexity"]
+glue("trap_lunch", Markdown("show it looking nearly free" if near_free else "show no free lunch for it either"),
+     display=False)
 assert trap["q4_1_round_trip_max_relative_change"] == 0 and float((q4_1_rule(W) - W).abs().max()) == 0
 assert trap["blocks_with_at_most_16_values"] == trap["blocks_of_32"] and float((asym32 - W).abs().max()) > 0
 """, tags=["remove-cell"])
@@ -286,7 +289,7 @@ quantizer with that grid would look lossless here, and would measure nothing abo
 is the float minimum that makes the match. sparselib's asymmetric grid, like GPTQ's and
 compressed-tensors', rounds its zero point to an integer; that shifts the grid by up to half a step
 against Q4_1's, and the weights move by as much as any rounding moves them. The recorded
-perplexities show no free lunch for it either: RTN int4 with groups of 32 reaches
+perplexities {glue:md}`trap_lunch`: RTN int4 with groups of 32 reaches
 {glue:text}`trap_g32_asym:.2f` asymmetric and {glue:text}`trap_g32:.2f` symmetric,
 groups of 64 {glue:text}`trap_g64:.2f` and one grid per row {glue:text}`trap_row:.2f`,
 against {glue:text}`trap_dense:.2f` dense. Still, a group of 32 lines up with Q4_1's blocks (same
@@ -326,6 +329,14 @@ def pareto(keys):
 
 
 front = sorted(pareto(FRONT + RTN), key=lambda k: points[k]["bytes_per_weight"])
+cost = {k: points[k]["perplexity"] / points["fp16"]["perplexity"] - 1 for k in ("gptq int8", "gptq int4 g64",
+                                                                               "gptq int3 g64")}
+glue("cost_int8", cost["gptq int8"], display=False)
+glue("cost_int4", cost["gptq int4 g64"], display=False)
+glue("cost_int3", cost["gptq int3 g64"], display=False)
+assert cost["gptq int8"] < cost["gptq int4 g64"] < cost["gptq int3 g64"]  # what the caption says
+assert all(points[k]["perplexity"] > 1.25 * points["fp16"]["perplexity"] for k in FRONT + RTN
+           if points[k]["bytes_per_weight"] < 0.5)
 fig, ax = plt.subplots(figsize=(8, 5))
 for keys, style, label in ((FRONT, "o", "GPTQ / SparseGPT / SliceGPT"), (RTN, "x", "RTN")):
     ax.plot([points[k]["bytes_per_weight"] for k in keys], [points[k]["perplexity"] for k in keys], style,
@@ -346,8 +357,11 @@ plt.show()
 
 md(r"""
 *Figure 2: perplexity against bytes per weight for every recorded combination; the dashed line joins
-the points that no other point beats on both axes.* Read it from the right: the first steps to the
-left (fp16 to int8, then int4) cost little; every step after that costs more per byte saved.
+the points that no other point beats on both axes.* Read it from the right: halving the bytes with
+GPTQ int8 changes perplexity by {glue:text}`cost_int8:+.1%`; the next halving, int4 with groups of 64,
+costs {glue:text}`cost_int4:+.0%`; int3 {glue:text}`cost_int3:+.0%`. Each step to the left costs more
+than the one before, and below about half a byte per weight every recipe on this small model leaves
+the dense model far behind.
 """)
 
 code(r"""
@@ -402,6 +416,55 @@ pruning than the 7B-and-larger models of the papers, so this ordering is a measu
 a law; what carries over is the method: put every candidate on this plot with honest bytes before
 choosing.
 
+### GPTQ against RTN, over the whole model
+
+Table 1 showed GPTQ's error feedback on one layer. Over the whole model, the same grids rounded both
+ways:
+""")
+
+code(r"""
+PAIRS = [("int8, one grid per row", "gptq int8", "rtn int8"), ("int4, groups of 64", "gptq int4 g64", "rtn int4 g64"),
+         ("int4, one grid per row", "gptq int4", "rtn int4"), ("int3, groups of 64", "gptq int3 g64", "rtn int3 g64")]
+html_table([[label, f"{points[r]['perplexity']:.2f}", f"{points[g]['perplexity']:.2f}",
+             f"{points[g]['perplexity'] / points[r]['perplexity'] - 1:+.1%}"] for label, g, r in PAIRS],
+           ["grid", "RTN perplexity", "GPTQ perplexity", "GPTQ against RTN"])
+""")
+
+code(r"""
+def versus(g, r):
+    # GPTQ's perplexity against RTN's, in words
+    change = points[g]["perplexity"] / points[r]["perplexity"] - 1
+    return Markdown(f"{abs(change):.1%} {'lower' if change < 0 else 'higher'}")
+
+
+for (label, g, r), tag in zip(PAIRS, ("int8", "g64", "row", "int3")):
+    glue(f"vs_{tag}", versus(g, r), display=False)
+gain = {tag: 1 - points[g]["perplexity"] / points[r]["perplexity"] for (_, g, r), tag in zip(PAIRS, ("int8", "g64", "row", "int3"))}
+coarse = gain["row"] > gain["g64"] and gain["int3"] > gain["g64"]
+glue("gptq_grows", Markdown("matters most where the grid is coarsest" if coarse else
+                            "does not simply grow with the grid's coarseness here"), display=False)
+opt = {tag: points[key]["perplexity"] for key, tag in (("gptq int4 g64, act-order + static groups", "act"),
+                                                        ("gptq int4 g64, 128 windows", "w128"),
+                                                        ("gptq int4 g64", "plain"), ("gptq int4", "row"))}
+for tag, value in opt.items():
+    glue(f"gptq_{tag}", value, display=False)
+options_move = max(abs(opt["act"] - opt["plain"]), abs(opt["w128"] - opt["plain"]))
+glue("options_verdict", Markdown(
+    "on this model the grid's group size moves perplexity more than either option"
+    if options_move < abs(opt["row"] - opt["plain"]) else
+    "on this model an option moves perplexity as much as the grid's group size does"), display=False)
+""", tags=["remove-cell"])
+
+md(r"""
+*Table 4: perplexity of the whole model when every decoder linear is rounded to the same grid by RTN
+and by GPTQ (32 calibration windows of 256 tokens).* With int8 GPTQ is {glue:md}`vs_int8` than RTN;
+with int4 in groups of 64, {glue:md}`vs_g64`; with one int4 grid per row, {glue:md}`vs_row`; with int3
+in groups of 64, {glue:md}`vs_int3`. Error feedback {glue:md}`gptq_grows`: a fine grid leaves little
+error to feed forward, a coarse one a lot. GPTQ's own options at int4 in groups of 64: act-order with
+static groups gives {glue:text}`gptq_act:.2f` and four times the calibration windows (128)
+{glue:text}`gptq_w128:.2f`, against {glue:text}`gptq_plain:.2f` for plain GPTQ (and
+{glue:text}`gptq_row:.2f` with one grid per row): {glue:md}`options_verdict`.
+
 ## Joint or one after the other?
 """)
 
@@ -419,17 +482,22 @@ glue("order_best", Markdown(best_order), display=False)
 for i, k in enumerate(ORDER):
     glue(f"order_{i}", order_ppl[k], display=False)
 glue("order_spread", max(order_ppl.values()) / min(order_ppl.values()) - 1, display=False)
+quantize_first = "gptq, then prune, then rtn (int4 g64, 2:4)"
+glue("order_lesson", Markdown(
+    "Rounding last matters: whatever changes the weights after the rounding moves them off the grid, and "
+    "they must be rounded again without error feedback." if max(order_ppl, key=order_ppl.get) == quantize_first else
+    "Quantizing first is not the worst order here, although its pruning moves the kept weights off the grid "
+    "and they are rounded again without error feedback."), display=False)
 """, tags=["remove-cell"])
 
 md(r"""
-*Table 4: one target, 2:4 with int4 values in groups of 64, reached four ways (the seconds were
+*Table 5: one target, 2:4 with int4 values in groups of 64, reached four ways (the seconds were
 measured on a busy machine: compare them with each other, not with other tables).* The joint pass
 reaches {glue:text}`order_0:.2f`; pruning first and then running GPTQ on the kept weights (its sweep
 keeps every pruned weight at 0) {glue:text}`order_1:.2f`; quantizing first, then pruning (whose
 updates push the kept weights off the grid, so they are rounded again) {glue:text}`order_2:.2f`; Wanda
 2:4 then GPTQ {glue:text}`order_3:.2f`. Best here: {glue:md}`order_best`, and the four lie within
-{glue:text}`order_spread:.0%` of each other. Rounding last matters: whatever happens after the
-rounding leaves the grid and must be rounded again without error feedback.
+{glue:text}`order_spread:.0%` of each other. {glue:md}`order_lesson`
 
 ## Checkpoints that keep the savings
 
@@ -489,7 +557,7 @@ assert same and same24 and all(abs(r - 1) < 0.02 for r in ratios)
 """, tags=["remove-cell"])
 
 md(r"""
-*Table 5: bytes on disk of the two checkpoints written above, against the storage model (whole model:
+*Table 6: bytes on disk of the two checkpoints written above, against the storage model (whole model:
 the embedding and norms in float16).* The files come within {glue:text}`ratio_lo:.3f`–{glue:text}`ratio_hi:.3f`
 of the prediction (the rest is the safetensors header and the tensors' shapes), and both read back to
 exactly the weights sparselib holds: transformers decodes the packed int4 codes to the same float16
