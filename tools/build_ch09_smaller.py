@@ -484,10 +484,11 @@ for i, k in enumerate(ORDER):
 glue("order_spread", max(order_ppl.values()) / min(order_ppl.values()) - 1, display=False)
 quantize_first = "gptq, then prune, then rtn (int4 g64, 2:4)"
 glue("order_lesson", Markdown(
-    "Rounding last matters: whatever changes the weights after the rounding moves them off the grid, and "
-    "they must be rounded again without error feedback." if max(order_ppl, key=order_ppl.get) == quantize_first else
-    "Quantizing first is not the worst order here, although its pruning moves the kept weights off the grid "
-    "and they are rounded again without error feedback."), display=False)
+    "Of the three SparseGPT orders, quantizing first is the worst: rounding last matters, because whatever "
+    "changes the weights after the rounding moves them off the grid, and "
+    "they must be rounded again without error feedback." if max(ORDER[:3], key=order_ppl.get) == quantize_first else
+    "Of the three SparseGPT orders, quantizing first is not the worst here, although its pruning moves the kept "
+    "weights off the grid and they are rounded again without error feedback."), display=False)
 """, tags=["remove-cell"])
 
 md(r"""
@@ -496,8 +497,8 @@ measured on a busy machine: compare them with each other, not with other tables)
 reaches {glue:text}`order_0:.2f`; pruning first and then running GPTQ on the kept weights (its sweep
 keeps every pruned weight at 0) {glue:text}`order_1:.2f`; quantizing first, then pruning (whose
 updates push the kept weights off the grid, so they are rounded again) {glue:text}`order_2:.2f`; Wanda
-2:4 then GPTQ {glue:text}`order_3:.2f`. Best here: {glue:md}`order_best`, and the four lie within
-{glue:text}`order_spread:.0%` of each other. {glue:md}`order_lesson`
+2:4 then GPTQ {glue:text}`order_3:.2f`. Best here: {glue:md}`order_best`; the worst of the four is
+{glue:text}`order_spread:.0%` above it. {glue:md}`order_lesson`
 
 ## Checkpoints that keep the savings
 
