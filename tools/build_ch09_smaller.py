@@ -48,6 +48,7 @@ if "google.colab" in sys.modules:
 
 code(r"""
 import copy
+import json
 import tempfile
 from pathlib import Path
 
@@ -568,6 +569,35 @@ values, and `load_24` gives the same logits as the model it was written from. Ag
 of this small model's parameters and stored at 16 bits in both, is now {glue:text}`embed_in_int4:.0%` and
 {glue:text}`embed_in_24:.0%` of the files. (Quantizing the embedding too is the next step for a model
 this small; the papers' 7B models spend a far smaller share there.)
+
+## A peer on the same model: llm-compressor
+
+The same pruning, run by another library: `benchmarks/peer_llmcompressor.py` runs llm-compressor's own
+SparseGPT modifier (in a virtualenv of its own, with its pinned transformers) on this model, with the
+same 32 calibration windows and scored by `sparselib.perplexity` on the same test tokens. A first run
+as a new user would write it (`targets=["Linear"]`, `ignore=["lm_head"]`) came out far worse than
+sparselib; the recorded runs below find out why.
+""")
+
+code(r"""
+peer = sparselib.load_result("peer_llmcompressor_smollm2")
+pp = peer["provenance"]
+print(f"{pp['script']} on {pp['date_utc'][:10]} ({pp['cpu']}, load average {pp['load_average_at_start']:.1f} at "
+      f"start), {pp['protocol']['peer']}; {pp['timing_note']}")
+html_table([[name, json.dumps(r["settings"]) if r["settings"] else "defaults", f"{r['perplexity']:.2f}",
+             f"{r['embedding_sparsity']:.1%}", f"{r['seconds']:.0f}"]
+            for name, r in peer["runs"].items() if "perplexity" in r],
+           ["run (library/method/pattern)", "settings", "perplexity", "token embedding zero", "seconds (loaded)"])
+print("not yet measured:", ", ".join(peer["not_yet_measured"]))
+glue("peer_explanation", Markdown(peer["explanation"]), display=False)
+""")
+
+md(r"""
+*Table 7: SparseGPT 2:4 by sparselib and by llm-compressor 0.14.0.1 on SmolLM2, and sparselib with the
+tied `lm_head` pruned as well. The runs not yet measured are listed under the table.* What the
+recorded runs and llm-compressor's own code show:
+
+{glue:md}`peer_explanation`
 
 ## Where these files run, late 2026
 
