@@ -539,7 +539,7 @@ same = all(torch.equal(reloaded.get_submodule(n).weight.float(), m.weight)
            for n, m in model.named_modules() if ".layers." in n and isinstance(m, torch.nn.Linear))
 print(f"{file_bytes(work / 'int4') / 1e6:.1f} MB on disk, {predicted / 1e6:.1f} MB predicted; "
       f"transformers decodes sparselib's weights exactly: {same}")
-print("int4 g64:", sparselib.generate_text(reloaded.float(), tokenizer))
+print("int4 g64, read back by transformers:", sparselib.generate_text(reloaded, tokenizer))  # (as loaded: float16)
 """)
 
 code(r"""
