@@ -34,7 +34,7 @@ import torch
 
 import sparselib
 from sparselib.calibration import layerwise
-from sparselib.course.results import resume_result
+from sparselib.course.results import protocol_inputs, resume_result
 from sparselib.models import weight_of
 from sparselib.owl import layer_sizes, outlier_ratio, owl_sparsities
 from sparselib.scores import wanda_scores
@@ -87,11 +87,7 @@ def main():
     sweep = sparselib.load_result("sweep_smollm2_brown")
     if sweep["provenance"]["protocol"] != PROTOCOL:
         raise SystemExit("the sweep's protocol differs from this one: its uniform point cannot be compared")
-    model, tok = sparselib.load_model(PROTOCOL["model"])
-    calib = sparselib.calibration_data(tok, PROTOCOL["calib"], PROTOCOL["nsamples"], PROTOCOL["seqlen"],
-                                       PROTOCOL["seed"])
-    test = sparselib.test_data(tok, max_tokens=PROTOCOL["eval_tokens"])
-    dense = {k: v.clone() for k, v in model.state_dict().items()}
+    model, tok, calib, test, dense = protocol_inputs(PROTOCOL)
     result = resume_result(NAME, PROTOCOL)
     result["provenance"] = sparselib.provenance("benchmarks/owl_sweep.py", **PROTOCOL)
     result.update(method=METHOD, target=TARGET, lambdas=LAMBDAS, Ms=MS, authors=AUTHORS,

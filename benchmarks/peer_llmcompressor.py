@@ -374,15 +374,11 @@ def main():
 
     import sparselib
     from safetensors.torch import save_file
-    from sparselib.course.results import resume_result
+    from sparselib.course.results import protocol_inputs, resume_result
     from sparselib.models import offline_model_dir
 
     ensure_peer_venv()
-    model, tok = sparselib.load_model(PROTOCOL["model"])
-    calib = sparselib.calibration_data(tok, PROTOCOL["calib"], PROTOCOL["nsamples"], PROTOCOL["seqlen"],
-                                       PROTOCOL["seed"])
-    test = sparselib.test_data(tok, max_tokens=PROTOCOL["eval_tokens"])
-    dense_state = {k: v.clone() for k, v in model.state_dict().items()}
+    model, tok, calib, test, dense_state = protocol_inputs(PROTOCOL)
     result = resume_result(NAME, PROTOCOL)
     result.setdefault("runs", result.pop("points", {}))
     result["provenance"] = sparselib.provenance("benchmarks/peer_llmcompressor.py", **PROTOCOL)

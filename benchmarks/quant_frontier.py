@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 import torch
 
 import sparselib
-from sparselib.course.results import resume_result
+from sparselib.course.results import protocol_inputs, resume_result
 from sparselib.storage import Storage, linear_shapes, model_bytes, other_params
 
 NAME = "quant_frontier_smollm2"
@@ -158,11 +158,7 @@ def main():
     parser.add_argument("--redo", action="store_true", help="re-measure points already in the file")
     args = parser.parse_args()
 
-    model, tok = sparselib.load_model(PROTOCOL["model"])
-    calib = sparselib.calibration_data(tok, PROTOCOL["calib"], PROTOCOL["nsamples"], PROTOCOL["seqlen"],
-                                       PROTOCOL["seed"])
-    test = sparselib.test_data(tok, max_tokens=PROTOCOL["eval_tokens"])
-    dense_state = {k: v.clone() for k, v in model.state_dict().items()}
+    model, tok, calib, test, dense_state = protocol_inputs(PROTOCOL)
     shapes, other = linear_shapes(model), other_params(model)
     dense_weights = sum(r * c for r, c in shapes)
     result = resume_result(NAME, PROTOCOL)
