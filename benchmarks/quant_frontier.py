@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 import torch
 
 import sparselib
-from sparselib.course.results import resume_result
+from sparselib.course.results import protocol_inputs, resume_result
 from sparselib.storage import Storage, linear_shapes, model_bytes, other_params
 
 NAME = "quant_frontier_smollm2"
@@ -30,29 +30,36 @@ PROTOCOL = dict(model="smollm2-135m", calib="brown", nsamples=32, seqlen=256, se
 G = 64  # SmolLM2's hidden size, 576, is 4.5 × 128: the largest power-of-two group that divides it is 64
 
 
-def q(bits, group_size=G, symmetric=True, method="gptq"):
-    return lambda m, c: sparselib.quantize(m, bits, group_size=group_size, symmetric=symmetric, method=method,
-                                           calib=c, progress=False)
+# A recipe is applied to the dense model: recipe(model, calib, tokenizer).
+def q(bits, group_size=G, symmetric=True, method="gptq", **options):
+    return lambda m, c, t: sparselib.quantize(m, bits, group_size=group_size, symmetric=symmetric, method=method,
+                                              calib=c, progress=False, **options)
 
 
 def joint(pattern, bits, group_size=G):
-    return lambda m, c: sparselib.prune(m, "sparsegpt", pattern, c, wbits=bits, group_size=group_size,
-                                        progress=False)
+    return lambda m, c, t: sparselib.prune(m, "sparsegpt", pattern, c, wbits=bits, group_size=group_size,
+                                           progress=False)
 
 
 def then(*steps):
-    def run(m, c):
+    def run(m, c, t):
         for step in steps:
-            step(m, c)
+            step(m, c, t)
     return run
 
 
 def prune(method, pattern):
-    return lambda m, c: sparselib.prune(m, method, pattern, c, progress=False)
+    return lambda m, c, t: sparselib.prune(m, method, pattern, c, progress=False)
 
 
 def slice_(fraction):
-    return lambda m, c: sparselib.slice_model(m, c, fraction, progress=False)
+    return lambda m, c, t: sparselib.slice_model(m, c, fraction, progress=False)
+
+
+def with_windows(nsamples, recipe):
+    """``recipe`` calibrated on ``nsamples`` windows of the protocol's text and seed instead."""
+    return lambda m, c, t: recipe(m, sparselib.calibration_data(t, PROTOCOL["calib"], nsamples, PROTOCOL["seqlen"],
+                                                                 PROTOCOL["seed"]), t)
 
 
 def S(name, bits=16, group_size=G, symmetric=True, sparsity=None):
@@ -61,10 +68,11 @@ def S(name, bits=16, group_size=G, symmetric=True, sparsity=None):
                    sparsity=sparsity, density=density)
 
 
-# name -> (recipe, storage, group). Groups: "frontier" (the plot), "order" (joint vs sequential),
-# "trap" (grids on GGUF Q4_1 weights). The frontier points come first: an interrupted run is useful.
+# name -> (recipe, storage, group). Groups: "frontier" (the plot), "rtn" (the same grids without
+# data), "order" (joint vs sequential), "trap" (grids on GGUF Q4_1 weights), "gptq" (its options and its
+# calibration size). The frontier points come first: an interrupted run is useful.
 POINTS = {
-    "fp16": (lambda m, c: None, S("fp16"), "frontier"),
+    "fp16": (lambda m, c, t: None, S("fp16"), "frontier"),
     "gptq int8": (q(8, None), S("int8", 8, None), "frontier"),
     "gptq int4 g64": (q(4), S("int4 g64", 4), "frontier"),
     "gptq int4 g32": (q(4, 32), S("int4 g32", 4, 32), "frontier"),
@@ -92,6 +100,9 @@ POINTS = {
     # the trap: the weights came from GGUF Q4_1 (blocks of 32 inputs, a scale and a minimum each)
     "rtn int4 g32 asym": (q(4, 32, False, "rtn"), S("int4 g32 asym", 4, 32, False), "trap"),
     "rtn int4 g32": (q(4, 32, True, "rtn"), S("int4 g32", 4, 32), "trap"),
+    # GPTQ's own options, and its calibration size (4× the windows: 128 × 256 tokens, seed 0)
+    "gptq int4 g64, act-order + static groups": (q(4, act_order=True, static_groups=True), S("int4 g64", 4), "gptq"),
+    "gptq int4 g64, 128 windows": (with_windows(128, q(4)), S("int4 g64", 4), "gptq"),
 }
 
 
@@ -121,12 +132,12 @@ def trap_facts(model) -> dict:
             "q4_1_round_trip_max_relative_change": err}
 
 
-def run_point(model, dense_state, calib, test, name, shapes, other, dense_weights):
+def run_point(model, tok, dense_state, calib, test, name, dense_weights):
     recipe, storage, group = POINTS[name]
     model.load_state_dict(dense_state)
     load = os.getloadavg()[0]
     t = time.perf_counter()
-    recipe(model, calib)
+    recipe(model, calib, tok)
     seconds = time.perf_counter() - t
     bytes_ = model_bytes(linear_shapes(model), other_params(model), storage, dense_weights=dense_weights)
     point = {"group": group, "storage": storage.name, "bits": storage.bits, "group_size": storage.group_size,
@@ -147,11 +158,7 @@ def main():
     parser.add_argument("--redo", action="store_true", help="re-measure points already in the file")
     args = parser.parse_args()
 
-    model, tok = sparselib.load_model(PROTOCOL["model"])
-    calib = sparselib.calibration_data(tok, PROTOCOL["calib"], PROTOCOL["nsamples"], PROTOCOL["seqlen"],
-                                       PROTOCOL["seed"])
-    test = sparselib.test_data(tok, max_tokens=PROTOCOL["eval_tokens"])
-    dense_state = {k: v.clone() for k, v in model.state_dict().items()}
+    model, tok, calib, test, dense_state = protocol_inputs(PROTOCOL)
     shapes, other = linear_shapes(model), other_params(model)
     dense_weights = sum(r * c for r, c in shapes)
     result = resume_result(NAME, PROTOCOL)
@@ -163,7 +170,7 @@ def main():
         if (args.only and name not in args.only) or (name in result["points"] and not args.redo):
             continue
         fresh = sparselib.load_model(PROTOCOL["model"])[0] if "slice" in name else model  # slicing reshapes it
-        point = run_point(fresh, dense_state, calib, test, name, shapes, other, dense_weights)
+        point = run_point(fresh, tok, dense_state, calib, test, name, dense_weights)
         result["points"][name] = point
         sparselib.save_result(NAME, result)  # after every point: an interrupted run keeps its work
         print(f"{name:>45}  ppl {point['perplexity']:8.2f}  {point['bytes_per_weight']:.3f} B/w  "

@@ -10,6 +10,12 @@ re-runs one OWL point and the first recovery steps live). Two kinds of points:
 * ``recovery|METHOD|PATTERN|full`` or ``|lora``: prune uniformly, then ``sparselib.recover`` for
   BUDGET["steps"] steps of BUDGET["batch_size"] × 256 Brown-train tokens, perplexity at
   BUDGET["eval_steps"] on the first BUDGET["eval_tokens"] test tokens.
+* ``control|dense|full``: the same training of the *dense* model (no pruning; the call is
+  ``sparselib.recover(model, data, 40, batch_size=4, lr=BUDGET["lr_full"], warmup=4)``, exactly the
+  call of a full recovery curve). The model is instruction-tuned and the training text is Brown
+  train, the test text Brown test, so part of what a recovery curve wins is adaptation to Brown,
+  which the dense model gets too; this curve measures that part. ``recover`` holds every weight
+  that is exactly zero at zero, so the dense model's own zeros (few; counted in the point) stay.
 
 The budget is one for every curve: 40 AdamW steps × 4 windows × 256 Brown-train tokens = 40,960
 training tokens, perplexity on the first 4,096 test tokens at steps 0, 5, 10, 20 and 40. On 2 idle
@@ -19,7 +25,7 @@ curve after each evaluation), and a rerun skips the points already there that we
 this budget (``--redo`` re-measures them all). Every recovery point, and the recorded first steps of
 the OWL point the chapter re-runs, stores the budget it was measured with.
 
-    .venv/bin/python benchmarks/recovery.py [--only owl|recovery] [--redo]
+    .venv/bin/python benchmarks/recovery.py [--only owl|recovery|control] [--redo]
 """
 from __future__ import annotations
 
@@ -51,6 +57,7 @@ POINTS = [  # the cheap OWL points first (about a minute each), then the curves 
     ("recovery", "wanda", "2:4", "lora"),
     ("recovery", "sparsegpt", "2:4", "full"),
     ("recovery", "wanda", 0.7, "full"),
+    ("control", "dense", "full"),   # the dense model, trained with the same budget
 ]
 
 
@@ -97,10 +104,17 @@ def run_owl(model, dense, calib, test, tok, ratios, method, sparsity):
     return point
 
 
-def run_recovery(model, dense, calib, tok, result, method, pattern, mode, save):
-    model.load_state_dict(dense)
+def run_recovery(model, dense, calib, tok, result, method, pattern, mode, save, kind="recovery"):
+    if dense is not None:
+        model.load_state_dict(dense)
     point = stamp()
-    report = sparselib.prune(model, method, pattern, calib, progress=False)
+    if method == "dense":   # the control: no pruning
+        report = None
+        name = key((kind, method, mode))
+    else:
+        report = sparselib.prune(model, method, pattern, calib, progress=False)
+        name = key((kind, method, pattern, mode))
+    pruned_sparsity = sparselib.model_sparsity(model) if report is None else report.sparsity
     curve_test = sparselib.test_data(tok, max_tokens=BUDGET["eval_tokens"])
     evals = []
 
@@ -115,7 +129,7 @@ def run_recovery(model, dense, calib, tok, result, method, pattern, mode, save):
         if step in BUDGET["eval_steps"]:
             evaluate(step)
             point.update(curve=evals, budget=BUDGET, complete=False)
-            result["points"][key(("recovery", method, pattern, mode))] = point
+            result["points"][name] = point
             save()  # a partial curve is kept for inspection; a rerun redoes it
 
     evaluate(0)
@@ -126,14 +140,14 @@ def run_recovery(model, dense, calib, tok, result, method, pattern, mode, save):
     point.update(method=method, pattern=pattern, mode=mode, curve=evals, losses=rec.losses, lrs=rec.lrs,
                  tokens_per_step=BUDGET["batch_size"] * BUDGET["train_seqlen"],
                  trained_parameters=rec.trained_parameters, train_seconds=rec.seconds,
-                 achieved_sparsity=sparselib.model_sparsity(model), pruned_sparsity=report.sparsity,
+                 achieved_sparsity=sparselib.model_sparsity(model), pruned_sparsity=pruned_sparsity,
                  peak_rss_gb=peak_rss_gb(), budget=BUDGET, complete=True)
     return point
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["owl", "recovery"], help="run one kind of point and merge")
+    parser.add_argument("--only", choices=["owl", "recovery", "control"], help="run one kind of point and merge")
     parser.add_argument("--redo", action="store_true", help="re-measure points already in the file")
     parser.add_argument("--threads", type=int, help="torch threads (1 is faster on a crowded machine)")
     args = parser.parse_args()
@@ -147,7 +161,9 @@ def main():
     calib = sparselib.calibration_data(tok, PROTOCOL["calib"], PROTOCOL["nsamples"], PROTOCOL["seqlen"],
                                        PROTOCOL["seed"])
     test = sparselib.test_data(tok, max_tokens=PROTOCOL["eval_tokens"])
-    dense = {k: v.clone() for k, v in model.state_dict().items()}
+    # the dense weights, to restore before each point (a run of the control alone needs no copy: the
+    # model is dense, and 0.5 GB less keeps it under the memory of a crowded machine)
+    dense = None if args.only == "control" else {k: v.clone() for k, v in model.state_dict().items()}
     try:
         result = sparselib.load_result(NAME)
         if result["provenance"]["protocol"] != PROTOCOL:
@@ -183,6 +199,9 @@ def main():
             data = run_owl(model, dense, calib, test, tok, result["outlier_ratios"], *point[1:])
             print(f"    ppl {data['perplexity']:9.2f} (uniform {result['uniform'].get(f'{point[1]}|{point[2]}')})",
                   flush=True)
+        elif point[0] == "control":
+            data = run_recovery(model, dense, calib, tok, result, point[1], None, point[2], save=save,
+                                kind="control")
         else:
             data = run_recovery(model, dense, calib, tok, result, *point[1:], save=save)
         result["points"][key(point)] = data

@@ -15,7 +15,7 @@ import time
 from datetime import datetime, timezone
 
 import sparselib
-from sparselib.course.results import resume_result
+from sparselib.course.results import protocol_inputs, resume_result
 
 NAME = "sweep_smollm2_brown"
 FRACTIONS = [0.1, 0.3, 0.5, 0.6, 0.7]
@@ -57,11 +57,7 @@ def main():
     parser.add_argument("--redo", action="store_true", help="re-measure points already in the file")
     args = parser.parse_args()
 
-    model, tok = sparselib.load_model(PROTOCOL["model"])
-    calib = sparselib.calibration_data(tok, PROTOCOL["calib"], PROTOCOL["nsamples"], PROTOCOL["seqlen"],
-                                       PROTOCOL["seed"])
-    test = sparselib.test_data(tok, max_tokens=PROTOCOL["eval_tokens"])
-    dense_state = {k: v.clone() for k, v in model.state_dict().items()}
+    model, tok, calib, test, dense_state = protocol_inputs(PROTOCOL)
     result = resume_result(NAME, PROTOCOL)
     # provenance of this run; each point also keeps its own date and load average (the sweep resumes)
     result["provenance"] = sparselib.provenance("benchmarks/sweep.py", **PROTOCOL)

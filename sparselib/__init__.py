@@ -9,6 +9,10 @@ The core (this namespace) never imports the teaching support in ``sparselib.cour
 checkers, quizzes, the visualizer, recorded results). Its names are still reachable from here
 (``sparselib.show_quiz``, ``sparselib.exercises``), imported on first use.
 """
+from .interrupts import guard_command_start as _guard_command_start
+
+_guard_command_start()  # in the `sparselib` process only: Ctrl-C exits cleanly while torch is imported
+
 import importlib
 
 from .calibration import LinearStats, capture_inputs, layerwise, module_inputs

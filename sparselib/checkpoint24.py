@@ -153,6 +153,12 @@ def save_24(model: nn.Module, out, tokenizer=None, *, dtype: torch.dtype | None 
     :func:`~sparselib.to_semi_structured` (fused projections included, saved unfused). ``dtype``: float16 or bfloat16 (default: the model's, float16 for a float32 model, or the
     dtype of the scales of a quantized one). ``model`` is not changed. Raises ValueError before writing
     anything when no linear is 2:4 or the quantization settings cannot be stored."""
+    return write_atomically(out, fill_24(model, tokenizer, dtype), overwrite=overwrite)
+
+
+def fill_24(model: nn.Module, tokenizer=None, dtype: torch.dtype | None = None):
+    """``fill(directory)``, which writes :func:`save_24`'s files into a new ``directory``; the checks
+    and the compression run now, so a model that cannot be saved raises before anything is written."""
     from safetensors.torch import save_file
 
     tensors, section = state_24(model, dtype)
@@ -167,7 +173,7 @@ def save_24(model: nn.Module, out, tokenizer=None, *, dtype: torch.dtype | None 
         if tokenizer is not None:
             tokenizer.save_pretrained(directory)
 
-    return write_atomically(out, fill, overwrite=overwrite)
+    return fill
 
 
 def load_24(path, kernel: str = "auto", device=None) -> nn.Module:

@@ -7,7 +7,8 @@ raises ``TypeError`` (wrong kind of value) or ``ValueError`` (wrong value) with 
 and changes nothing. ``name`` is what the message calls the argument (``"seqlen"``, or ``"--seqlen"``
 for the command line).
 
-This module is the bottom layer of the library: it imports only torch and the adapter table.
+This module is the bottom layer of the library: it imports only torch, the adapter table and
+:mod:`sparselib.io`.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from urllib.parse import urlparse
 import torch
 
 from .adapters import ADAPTERS, SLICED_PREFIX
+from .io import deferred_signals, output_problem
 
 DATASETS = ("brown", "wikitext2")
 
@@ -35,6 +37,18 @@ def check_int(value, name: str, minimum: int = 1) -> int:
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def check_number(value, name: str, minimum: float = 0.0, *, above: bool = True, fix: str = "") -> float:
+    """A finite real number (a NumPy scalar too, not a bool) ``> minimum`` (``>= minimum`` with
+    ``above=False``)."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or (value <= minimum if above else value < minimum):
+        bound = f"{'>' if above else '>='} {minimum:g}"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value}{'; ' + fix if fix else ''}")
     return value
 
 
@@ -126,8 +140,9 @@ def check_enough_tokens(ntokens: int, seqlen: int, what: str, fix: str, spare: i
 
 
 def check_out_dir(out, force: bool, name: str = "--out") -> Path:
-    """An output directory that is new, or (with ``force``) an earlier output of sparselib (it holds
-    report.json), and that can be created where it is."""
+    """An output directory that is new, or (with ``force``) an earlier output of sparselib, untouched
+    (its :data:`sparselib.io.MARKER` lists every file in it, and it holds nothing else), and that can
+    be created where it is."""
     out = Path(out).expanduser()
     if out.exists() or out.is_symlink():
         if not force:
@@ -135,16 +150,18 @@ def check_out_dir(out, force: bool, name: str = "--out") -> Path:
         if out.is_symlink() or not out.is_dir():
             raise ValueError(f"{name} {out} exists and is not a directory; --force replaces only a directory "
                              f"that sparselib wrote, so choose another {name}")
-        if any(out.iterdir()) and not (out / "report.json").is_file():
-            raise ValueError(f"{name} {out} is a directory that sparselib did not write (no report.json); "
-                             f"--force replaces only sparselib's own output, so choose another {name}")
+        problem = output_problem(out) if any(out.iterdir()) else None  # an empty directory holds nothing to lose
+        if problem:
+            raise ValueError(f"{name} {out} {problem}; --force replaces only sparselib's own output, as it "
+                             f"wrote it, so choose another {name}")
     parent = out.absolute().parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
         raise ValueError(f"{name} {out} cannot be created: {parent} is a file, not a directory; choose another {name}")
     try:  # a real attempt: permission bits say little to root, nothing about read-only or special file systems
-        os.rmdir(tempfile.mkdtemp(prefix=".sparselib-probe-", dir=parent))
+        with deferred_signals():  # Ctrl-C between the two calls would leave the probe behind
+            os.rmdir(tempfile.mkdtemp(prefix=".sparselib-probe-", dir=parent))
     except OSError as err:
         raise ValueError(f"{name} {out} cannot be created: {parent} is not writable ({err.strerror}); "
                          f"choose another {name}") from None
@@ -180,11 +197,17 @@ def check_token_ids(ids, vocab_size: int | None = None, limit: int | None = None
         raise ValueError(f"{name} is empty (shape {tuple(ids.shape)}); use nsamples >= 1 and seqlen >= 2 "
                          f"in sparselib.calibration_data")
     check_seqlen(ids.shape[1], limit, f"{name} seqlen")
-    low, high = int(ids.min()), int(ids.max())
-    if low < 0 or (vocab_size is not None and high >= vocab_size):
-        allowed = f"[0, {vocab_size})" if vocab_size is not None else "0 and up"
-        raise ValueError(f"{name} holds token ids outside {allowed} (from {low} to {high}); "
-                         f"tokenize with this model's tokenizer")
+    return check_id_range(ids, vocab_size, name)
+
+
+def check_id_range(ids: torch.Tensor, vocab_size: int | None, name: str = "ids") -> torch.Tensor:
+    """Token ids in ``[0, vocab_size)`` (``vocab_size`` None: not negative)."""
+    if ids.numel():
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or (vocab_size is not None and high >= vocab_size):
+            allowed = f"[0, {vocab_size})" if vocab_size is not None else "0 and up"
+            raise ValueError(f"{name} holds token ids outside {allowed} (from {low} to {high}); "
+                             f"tokenize with this model's tokenizer")
     return ids
 
 

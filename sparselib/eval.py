@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checks import check_batch_size, check_enough_tokens, check_int, check_seqlen, max_positions
+from .checks import (check_batch_size, check_enough_tokens, check_id_range, check_int, check_seqlen,
+                     max_positions)
 from .models import model_device
 
 #: The course's standard evaluation slice: the first 16,384 tokens of the Brown test split
@@ -32,6 +33,7 @@ def perplexity(model, ids: torch.Tensor, seqlen: int = 256, batch_size: int = 4,
         raise TypeError("ids must be a LongTensor of token ids, e.g. sparselib.test_data(tokenizer)")
     check_seqlen(seqlen, max_positions(model.config))
     check_batch_size(batch_size)
+    check_id_range(ids, getattr(model.config, "vocab_size", None))
     ids = ids.reshape(-1)
     nwindows = ids.numel() // seqlen
     check_enough_tokens(ids.numel(), seqlen, "the text", "use more text or a smaller seqlen")

@@ -108,6 +108,12 @@ def save_compressed(model: nn.Module, out, tokenizer=None, *, overwrite: bool = 
     its ``quantization_config``, + the tokenizer when given). Written atomically; ``model`` is not
     changed. Raises ValueError (naming the fix) before writing anything when a decoder linear is not
     quantized, was changed after quantization, or when linears differ in their grid settings."""
+    return write_atomically(out, compressed_fill(model, tokenizer), overwrite=overwrite)
+
+
+def compressed_fill(model: nn.Module, tokenizer=None):
+    """``fill(directory)``, which writes :func:`save_compressed`'s files into a new ``directory``; the
+    checks and the packing run now, so a model that cannot be saved raises before anything is written."""
     from safetensors.torch import save_file
 
     ModelCompressor, *_ = _compressed_tensors()
@@ -127,7 +133,7 @@ def save_compressed(model: nn.Module, out, tokenizer=None, *, overwrite: bool = 
         if tokenizer is not None:
             tokenizer.save_pretrained(directory)
 
-    return write_atomically(out, fill, overwrite=overwrite)
+    return fill
 
 
 def config_dtype(state: dict) -> torch.dtype:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from numbers import Real
 
 import torch
 
@@ -53,7 +54,9 @@ def parse_sparsity(sparsity) -> Pattern:
                 raise ValueError(f"N:M pattern {sparsity!r} needs 0 < N < M (N pruned of every M), "
                                  f"e.g. '2:4' or '4:8'")
             return Pattern(n / m, n, m)
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
+    if getattr(sparsity, "ndim", None) == 0 and hasattr(sparsity, "item"):  # a 0-d NumPy array or tensor
+        sparsity = sparsity.item()
+    if isinstance(sparsity, bool) or not isinstance(sparsity, Real):  # NumPy scalars are Real
         raise TypeError(f"sparsity must be a fraction like 0.5 or a pattern string like '2:4', "
                         f"not {type(sparsity).__name__}")
     return Pattern(check_fraction(sparsity))
@@ -65,7 +68,7 @@ def unstructured_mask(S: torch.Tensor, sparsity: float, per: str = "row") -> tor
     (magnitude pruning's reference). Ties are broken by a stable sort (lower index pruned first)."""
     check_matrix(S, "scores S")
     sparsity = parse_sparsity(sparsity).sparsity
-    keep = torch.ones_like(S, dtype=torch.bool)
+    keep = torch.ones(S.shape, dtype=torch.bool, device=S.device)  # contiguous even for a transposed S (GPT-2)
     if per == "row":
         k = int(S.shape[1] * sparsity)
         if k:

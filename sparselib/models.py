@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .checks import check_causal_lm, check_device, check_hub_id, check_model_dir
-from .io import write_atomically
+from .io import exclusive, write_atomically
 from .model_cache import stale_reason, write_record
 from .version import dtype_kwargs
 
@@ -164,6 +164,7 @@ def load_model(name: str = OFFLINE_MODEL, device=None, dtype: torch.dtype = torc
     device: ``None``/"cpu", "cuda", ... ; dtype: the weights' dtype (fp32 for CPU work).
     Only safetensors checkpoints are loaded; ``trust_remote_code`` is off unless you turn it on.
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -171,9 +172,12 @@ def load_model(name: str = OFFLINE_MODEL, device=None, dtype: torch.dtype = torc
         raise TypeError(f"dtype must be a torch.dtype such as torch.float32, not {dtype!r}")
     device = check_device(device)
     source = model_source(name)
-    if source is None:
-        _convert_gguf(offline_model_dir())
-        source = str(offline_model_dir())
+    if source is None:  # one process converts; another that asks meanwhile waits, then reads its result
+        with exclusive(offline_model_dir(), wait=True):
+            source = model_source(name)
+            if source is None:
+                _convert_gguf(offline_model_dir())
+                source = str(offline_model_dir())
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar is noise in a chapter
     try:
@@ -182,6 +186,9 @@ def load_model(name: str = OFFLINE_MODEL, device=None, dtype: torch.dtype = torc
             source, **dtype_kwargs(dtype), use_safetensors=True, trust_remote_code=trust_remote_code)
     except OSError as err:
         raise ValueError(f"could not load model {str(name)!r} ({' '.join(str(err).split())[:300]}); {_SOURCES}") from None
+    except SafetensorError as err:  # a truncated or damaged weights file
+        raise ValueError(f"could not load model {str(name)!r}: a .safetensors file in {source} is damaged or "
+                         f"incomplete ({' '.join(str(err).split())[:200]}); save or download the model again") from None
     finally:
         if bar:
             hf_logging.enable_progress_bar()

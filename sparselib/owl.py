@@ -20,11 +20,14 @@ calibration pipeline (:func:`sparselib.calibration.layerwise`), pruning nothing 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Set as AbstractSet
+from numbers import Real
 
 import torch
 from torch import nn
 
 from .calibration import layerwise
+from .checks import check_token_ids, max_positions
 from .models import decoder_layers, layer_linears, weight_of
 from .scores import wanda_scores
 
@@ -109,15 +112,17 @@ def check_layer_sparsity(layer_sparsity, target: float, sizes: list[int]) -> lis
     The parameter-weighted mean must equal ``target`` to within one weight per layer. Returns the
     list as floats; raises TypeError/ValueError naming the fix.
     """
-    if isinstance(layer_sparsity, (str, bytes)) or not hasattr(layer_sparsity, "__len__"):
-        raise TypeError(f"layer_sparsity must be a list with one fraction per decoder layer or 'owl', "
-                        f"not {type(layer_sparsity).__name__}")
-    values = list(layer_sparsity.tolist() if isinstance(layer_sparsity, torch.Tensor) else layer_sparsity)
+    if (isinstance(layer_sparsity, (str, bytes, Mapping, AbstractSet)) or not hasattr(layer_sparsity, "__len__")
+            or getattr(layer_sparsity, "ndim", 1) != 1):
+        raise TypeError(f"layer_sparsity must be a list (or a 1-D array) with one fraction per decoder layer, "
+                        f"or 'owl'; not {type(layer_sparsity).__name__}"
+                        f"{f' of shape {tuple(layer_sparsity.shape)}' if hasattr(layer_sparsity, 'shape') else ''}")
+    values = list(layer_sparsity.tolist() if hasattr(layer_sparsity, "tolist") else layer_sparsity)
     if len(values) != len(sizes):
         raise ValueError(f"layer_sparsity has {len(values)} entries but the model has {len(sizes)} "
                          f"decoder layers; give one fraction per layer")
     for i, s in enumerate(values):
-        if isinstance(s, bool) or not isinstance(s, (int, float)):
+        if isinstance(s, bool) or not isinstance(s, Real):
             raise TypeError(f"layer_sparsity[{i}] must be a number, not {type(s).__name__}")
         if math.isnan(s) or not 0 <= s < 1:
             raise ValueError(f"layer_sparsity[{i}] = {s} is outside [0, 1) (the fraction of weights removed)")
@@ -146,7 +151,14 @@ def resolve_layer_sparsity(model: nn.Module, method: str, pattern, calib, layer_
         if not isinstance(calib, torch.Tensor) or calib.dtype != torch.long or calib.dim() != 2:
             raise ValueError(f"layer_sparsity='owl' needs calibration data (OWL counts Wanda-score "
                              f"outliers), also with {method}: calib = sparselib.calibration_data(tokenizer)")
-        return check_layer_sparsity(owl_layer_sparsity(model, calib, pattern.sparsity,
-                                                       batch_size=batch_size, device=device),
-                                    pattern.sparsity, sizes)
+        check_token_ids(calib, getattr(model.config, "vocab_size", None), max_positions(model.config))
+        ratios = layer_outlier_ratios(model, calib, batch_size=batch_size, device=device)
+        try:
+            owl = owl_sparsities(ratios, pattern.sparsity, weights=sizes)
+        except ValueError:  # prune takes no lam: name what the caller can change
+            raise ValueError(f"OWL's layer sparsities around {pattern.sparsity} (±{OWL_LAMBDA}) leave [0, 1) for "
+                             f"this model; use a lower sparsity, or compute them with a smaller lam and pass "
+                             f"the list: layer_sparsity=sparselib.owl_layer_sparsity(model, calib, "
+                             f"{pattern.sparsity}, lam=...)") from None
+        return check_layer_sparsity(owl, pattern.sparsity, sizes)
     return check_layer_sparsity(layer_sparsity, pattern.sparsity, sizes)

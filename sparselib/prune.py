@@ -17,9 +17,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .calibration import LinearStats, layerwise
-from .checks import check_choice, check_int, check_positive, check_token_ids, check_weights, max_positions
+from .checks import (check_batch_size, check_choice, check_device, check_int, check_positive, check_token_ids,
+                     check_weights, max_positions)
 from .masks import Pattern, mask_for, parse_sparsity
-from .models import adapter_for, decoder_layers, layer_linears, set_weight, weight_of
+from .models import adapter_for, decoder_layers, layer_linears, model_device, set_weight, weight_of
 from .owl import resolve_layer_sparsity
 from .quantize import (QUANT_ATTR, QuantRecord, QuantReport, QuantSpec, check_group_size, make_spec, rtn,
                        weight_error)
@@ -120,9 +121,11 @@ class PruneReport:
 # --------------------------------------------------------------------------------------------
 # Validation: everything is checked before the first weight changes
 # --------------------------------------------------------------------------------------------
-def _validate(model, method, pattern, calib, options, quant=None) -> None:
+def _validate(model, method, pattern, calib, options, batch_size, device, quant=None) -> None:
     """Every check, through :mod:`sparselib.checks`, before the first weight changes."""
     check_choice(method, METHODS, "method")
+    check_batch_size(batch_size)
+    check_device(device)
     if quant is not None:
         if method != "sparsegpt":
             raise ValueError(f"wbits= (prune and quantize in one pass) is SparseGPT's joint mode; for {method}, "
@@ -160,11 +163,13 @@ def prune(model: nn.Module, method: str, sparsity, calib: torch.Tensor | None = 
               ``symmetric`` grids, as :func:`sparselib.quantize` does.
     options:  the method's own: magnitude/wanda ``per="matrix"|"row"``; sparsegpt ``blocksize``,
               ``percdamp``.
-    Bad input raises ValueError/TypeError before any weight changes.
+    Bad input raises ValueError/TypeError before any weight changes. If pruning fails part-way
+    (calibration activations that overflow, out of memory, Ctrl-C), every weight is put back as it
+    was before the error is raised: the model is pruned entirely or not at all.
     """
     pattern = parse_sparsity(sparsity)
     quant = None if wbits is None else make_spec(wbits, group_size, symmetric, weight_dtype=_linear_dtype(model))
-    _validate(model, method, pattern, calib, options, quant)
+    _validate(model, method, pattern, calib, options, batch_size, device, quant)
     selected = _selected(layers, len(decoder_layers(model)))
     per_layer = None if layer_sparsity is None else resolve_layer_sparsity(
         model, method, pattern, calib, layer_sparsity, layers, batch_size=batch_size, device=device)
@@ -174,10 +179,15 @@ def prune(model: nn.Module, method: str, sparsity, calib: torch.Tensor | None = 
         report.options.update(wbits=quant.bits, group_size=quant.group_size, symmetric=quant.symmetric)
         options = dict(options, quant=quant)
     start = time.perf_counter()
-    for index, linears, stats in _walk(model, calib, spec.calibration, spec.hessian, spec.shared, selected,
-                                       batch_size, device, progress, f"{method} {pattern}"):
-        layer_pattern = pattern if per_layer is None else parse_sparsity(per_layer[index])
-        report.records += _prune_group(spec, index, linears, stats, layer_pattern, device, options)
+    originals = _Originals(model)
+    try:
+        for index, linears, stats in _walk(model, calib, spec.calibration, spec.hessian, spec.shared, selected,
+                                           batch_size, device, progress, f"{method} {pattern}"):
+            layer_pattern = pattern if per_layer is None else parse_sparsity(per_layer[index])
+            report.records += _prune_group(spec, index, linears, stats, layer_pattern, device, options, originals)
+    except BaseException:
+        originals.put_back()
+        raise
     report.seconds = time.perf_counter() - start
     log.info("%s %s: %.2f%% zeros in %.1f s", method, pattern, 100 * report.sparsity, report.seconds)
     return report
@@ -197,7 +207,40 @@ def _walk(model, calib, calibration: bool, hessian: bool, shared: bool, selected
         if index not in selected:
             continue
         for names in _groups(linears, stats, shared):
+            _check_finite(stats.get(names[0]), index, names, model)
             yield index, {n: linears[n] for n in names}, stats.get(names[0])
+
+
+class _Originals:
+    """Every decoder-layer weight as it was before pruning, to put back if pruning fails part-way.
+    No copies: a pruned weight is a fresh tensor (``set_weight(adopt=True)``), so holding the old one
+    is enough; a weight that would be overwritten in place gets fresh memory first (:meth:`keep`)."""
+
+    def __init__(self, model: nn.Module):
+        self.layers = [(layer, model_device(layer)) for layer in decoder_layers(model)]
+        self.weights = {m: m.weight.data for layer, _ in self.layers for m in layer_linears(layer).values()}
+        self.grids = {m: getattr(m, QUANT_ATTR, None) for m in self.weights}  # a quantized linear's grid
+
+    def keep(self, module: nn.Module) -> None:
+        """Call before writing ``module``'s new weight."""
+        if module.weight.data_ptr() == self.weights[module].data_ptr():  # still the original's memory
+            module.weight.data = torch.empty_like(module.weight.data)
+
+    def put_back(self) -> None:
+        for layer, home in self.layers:
+            layer.to(home)  # a layer that was visiting `device` when the error came
+        for module, W in self.weights.items():
+            module.weight.data = W
+            remember_grid(module, self.grids[module])
+
+
+def _check_finite(stats: LinearStats | None, index: int, names: list[str], model: nn.Module) -> None:
+    """The calibration statistics of a linear are finite (float16 activations can overflow)."""
+    if stats is not None and not torch.isfinite(stats.norms).all():
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        raise ValueError(f"the calibration activations reaching layer {index} {names[0]} are not finite "
+                         f"(they overflow in {dtype}?); nothing was pruned. Load the model in float32 or "
+                         f"bfloat16: sparselib.load_model(name, dtype=torch.float32)")
 
 
 def _selected(layers, count: int) -> set[int]:
@@ -210,7 +253,8 @@ def _selected(layers, count: int) -> set[int]:
     return selected
 
 
-def _prune_group(spec: Method, index: int, linears: dict, stats, pattern: Pattern, device, options: dict):
+def _prune_group(spec: Method, index: int, linears: dict, stats, pattern: Pattern, device, options: dict,
+                 originals: _Originals):
     """Prune the linears of one group (one linear, or all that share ``stats`` for a shared method)
     and write their new weights back; one :class:`LinearRecord` each."""
     t = time.perf_counter()
@@ -221,6 +265,7 @@ def _prune_group(spec: Method, index: int, linears: dict, stats, pattern: Patter
     seconds = (time.perf_counter() - t) / sum(W.numel() for W in Ws)  # shared time, by size
     records = []
     for (name, module), W, (W_new, state) in zip(linears.items(), Ws, new):
+        originals.keep(module)
         set_weight(module, W_new, adopt=True)  # every method returns a fresh tensor
         remember_grid(module, state)
         zeros = (weight_of(module) == 0).sum().item() / W.numel()
@@ -285,6 +330,8 @@ def quantize_model(model, *, bits, group_size, symmetric, method, calib, act_ord
         raise ValueError("act_order and static_groups are GPTQ options; RTN rounds each weight on its own")
     _check_group_size_everywhere(model, quant)
     check_weights(model, None)
+    check_batch_size(batch_size)
+    check_device(device)
     if method == "gptq":
         if calib is None:
             raise ValueError("method='gptq' needs calib: sparselib.calibration_data(tokenizer)")
@@ -295,21 +342,27 @@ def quantize_model(model, *, bits, group_size, symmetric, method, calib, act_ord
     report = QuantReport(method, quant)
     start = time.perf_counter()
     gptq = method == "gptq"
-    for index, linears, stats in _walk(model, calib, gptq, gptq, gptq, selected, batch_size, device,
-                                       progress, f"{method} {quant}"):
-        t = time.perf_counter()
-        Ws = [weight_of(m) if device is None else weight_of(m).to(device) for m in linears.values()]
-        if gptq:  # zeros stay zeros: a pruned model keeps its pattern
-            new = [(W, s) for W, _, s in column_sweep(Ws, stats.H, blocksize=blocksize, percdamp=percdamp,
-                                                      quant=quant, keep=[W != 0 for W in Ws])]
-        else:
-            new = [rtn(W, quant) for W in Ws]
-        seconds = (time.perf_counter() - t) / sum(W.numel() for W in Ws)
-        for (name, module), W, (W_new, state) in zip(linears.items(), Ws, new):
-            error = weight_error(W, W_new)
-            set_weight(module, W_new.to(W.dtype), adopt=True)
-            remember_grid(module, state)
-            report.records.append(QuantRecord(index, name, tuple(W.shape), error, seconds * W.numel()))
+    originals = _Originals(model)
+    try:
+        for index, linears, stats in _walk(model, calib, gptq, gptq, gptq, selected, batch_size, device,
+                                           progress, f"{method} {quant}"):
+            t = time.perf_counter()
+            Ws = [weight_of(m) if device is None else weight_of(m).to(device) for m in linears.values()]
+            if gptq:  # zeros stay zeros: a pruned model keeps its pattern
+                new = [(W, s) for W, _, s in column_sweep(Ws, stats.H, blocksize=blocksize, percdamp=percdamp,
+                                                          quant=quant, keep=[W != 0 for W in Ws])]
+            else:
+                new = [rtn(W, quant) for W in Ws]
+            seconds = (time.perf_counter() - t) / sum(W.numel() for W in Ws)
+            for (name, module), W, (W_new, state) in zip(linears.items(), Ws, new):
+                error = weight_error(W, W_new)
+                originals.keep(module)
+                set_weight(module, W_new.to(W.dtype), adopt=True)
+                remember_grid(module, state)
+                report.records.append(QuantRecord(index, name, tuple(W.shape), error, seconds * W.numel()))
+    except BaseException:
+        originals.put_back()
+        raise
     report.seconds = time.perf_counter() - start
     log.info("%s", report)
     return report

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .adapters import Adapter, adapter_for, decoder_layers, get_module, layer_linears, weight_of
 from .calibration import capture_inputs
-from .checks import check_batch_size, check_slicing, check_token_ids, max_positions
+from .checks import check_batch_size, check_device, check_slicing, check_token_ids, max_positions
 
 log = logging.getLogger(__name__)
 
@@ -314,10 +314,11 @@ def kept_dim(D: int, sparsity: float) -> int:
     return D if sparsity == 0 else int((1 - sparsity) * D) // 8 * 8
 
 
-def _validate(model, calib, sparsity, batch_size) -> int:
+def _validate(model, calib, sparsity, batch_size, device) -> int:
     """Every check before the first change (:mod:`sparselib.checks`); returns the kept width ``d``."""
     sparsity = check_slicing(model.config, sparsity)  # the architecture, the embedding width, d >= 8
     check_batch_size(batch_size)
+    check_device(device)
     if isinstance(decoder_layers(model)[0], SlicedLayer):
         raise ValueError("this model is already sliced; slice the dense model once (reload it, "
                          "e.g. sparselib.load_model()), with the sparsity you want")
@@ -345,9 +346,12 @@ def slice_model(model, calib: torch.Tensor, sparsity: float = 0.25, batch_size: 
                 :func:`sparselib.prune`.
     Bad input raises ValueError/TypeError before anything changes.
     """
-    d = _validate(model, calib, sparsity, batch_size)
+    d = _validate(model, calib, sparsity, batch_size, device)
+    sparsity = float(sparsity)  # (a NumPy scalar passes the check)
     if center_embeddings not in (None, True, False):
         raise TypeError(f"center_embeddings must be None, True or False, not {center_embeddings!r}")
+    if not isinstance(slice_head, bool):
+        raise TypeError(f"slice_head must be True or False, not {slice_head!r}")
     model.eval()  # no dropout while the signals are measured
     adapter, D, dtype = adapter_for(model), model.config.hidden_size, model.get_output_embeddings().weight.dtype
     report = SliceReport(sparsity, D, d, sum(p.numel() for p in model.parameters()), 0)

@@ -1,4 +1,6 @@
 """Shared fixtures: small random-weight models of real architectures (no download)."""
+import signal
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
@@ -37,3 +39,18 @@ def smollm2():
     import sparselib
 
     return sparselib.load_model()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _ctrl_c_reaches_the_tests():
+    """Run the tests as from a terminal. A shell that starts them in the background (``make test &``,
+    nohup, some CI runners) hands them SIGINT ignored, and a command started that way rightly keeps
+    ignoring it (sparselib.interrupts), which would turn every Ctrl-C test into a run that is never
+    interrupted. A Python handler here is reset to the default in the processes the tests start, so
+    the commands they run see Ctrl-C too."""
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    if ignored:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

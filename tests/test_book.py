@@ -1,5 +1,6 @@
 """The book's own rules: stripped notebooks, one repository URL, a quiz per chapter, a complete TOC."""
 import json
+import math
 import re
 import subprocess
 from pathlib import Path
@@ -563,3 +564,96 @@ def _benchmark_module(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# Chapter 7's worded claims, recomputed from the result files the chapter loads. Its numbers are glued;
+# the words around them ("lower", "about the same", "confounded with the schedule") are checked here.
+
+CH7 = ROOT / "chapters" / "07-beyond-50.ipynb"
+
+
+def _ch7_markdown() -> str:
+    return "\n\n".join(t for k, _, t in _cells(CH7) if k == "markdown")
+
+
+def _log_share(before, after, floor):
+    return (math.log(before) - math.log(after)) / (math.log(before) - math.log(floor))
+
+
+def test_chapter7_owl_rules_are_described_as_the_data_show():
+    from sparselib.owl import owl_sparsities
+    text = _ch7_markdown()
+    rec = sparselib.load_result("recovery_smollm2")
+    D, sizes, lam = rec["outlier_ratios"], rec["layer_sizes"], rec["owl"]["lam"]
+    paper = owl_sparsities(D, 0.7, lam=lam, weights=sizes)
+    code = owl_sparsities(D, 0.7, lam=lam, weights=sizes, rule="code")
+    # the two rules do not share a spread: sparselib's reading spans between λ and 2λ, the code exactly 2λ
+    assert not re.search(r"spread is the same", text)
+    assert max(code) - min(code) > max(paper) - min(paper) + 0.01
+    assert "sparselib's reading of the paper" in text and 'rule="code"' in text
+    # "the most outlier-heavy layer gets S − λ" only as the case it is (max z ≥ |min z|)
+    assert "the most outlier-heavy layer gets $S-\\lambda$, and" not in text
+    assert re.search(r"\\max_k z_k \\ge \|\\min_k z_k\|", text)
+    # the settings: the authors' LLaMA-7B examples, and their N:M example's other values, cited
+    assert re.search(r"\$M = 5\$ and \$\\lambda = 0\.08\$ are the values of the authors' LLaMA-7B", text)
+    assert "--Hyper_m 6\n--Lamda 2" in text or "--Hyper_m 6 --Lamda 2" in text.replace("\n", " ")
+    assert "{cite}`yin2025owlcode`" in text
+
+
+def test_chapter7_recovery_words_hold_on_the_recorded_curves():
+    text = _ch7_markdown()
+    rec = sparselib.load_result("recovery_smollm2")
+    pts, dense = rec["points"], rec["dense_curve"]["perplexity"]
+    curve = {k: [c["perplexity"] for c in p["curve"]] for k, p in pts.items() if "curve" in p}
+    control, w24, l24 = curve["control|dense|full"], curve["recovery|wanda|2:4|full"], curve["recovery|wanda|2:4|lora"]
+    s24 = curve["recovery|sparsegpt|2:4|full"]
+    assert all(len(c) == len(rec["budget"]["eval_steps"]) for c in curve.values()), "a curve is partial: rerun"
+    # "Training alone moves the dense model too: from … to … (… lower)"
+    assert "Training alone moves the dense model too" in text and control[-1] < control[0]
+    # "SparseGPT 2:4 starts lower and ends … still below recovered Wanda 2:4"
+    assert s24[0] < w24[0] and s24[-1] < w24[-1]
+    # masked LoRA vs full fine-tuning: "about the same share" (glued) and "one run each … not a difference"
+    assert "one run each" in text
+    diff = _log_share(l24[0], l24[-1], dense) - _log_share(w24[0], w24[-1], dense)
+    assert abs(diff) < 0.05, "the text calls masked LoRA and full fine-tuning about the same: reread it"
+    assert not re.search(r"closes more|closes less", text)
+    # the early steps win more per token, and the text says the schedule is confounded with it
+    steps, lrs = rec["budget"]["eval_steps"], pts["recovery|wanda|2:4|full"]["lrs"]
+    toks = [s * rec["budget"]["batch_size"] * rec["budget"]["train_seqlen"] for s in steps]
+    per_tok = lambda c, i, j: (math.log(c[i]) - math.log(c[j])) / (toks[j] - toks[i])  # noqa: E731
+    assert per_tok(w24, 0, 1) > per_tok(w24, -2, -1)
+    assert sum(lrs[:steps[1]]) / steps[1] > sum(lrs[steps[-2]:]) / (steps[-1] - steps[-2])
+    assert re.search(r"confounded\s+with the schedule", text)
+    assert per_tok(control, 0, 1) > per_tok(control, -2, -1)   # "The control falls in the same pattern"
+    # memory: the measured peaks do not show the saving that tensor accounting predicts
+    mem = sparselib.load_result("recovery_memory_smollm2")["runs"]
+    saving = 4 * (2 * pts["recovery|wanda|2:4|full"]["trained_parameters"]
+                  - 4 * pts["recovery|wanda|2:4|lora"]["trained_parameters"]) / 1e9
+    assert mem["lora"]["peak_gb"] > mem["full"]["peak_gb"] - saving / 2
+    assert "the measured peaks are not" in text and "thousands of steps" not in text
+    # … and the tensors, counted one by one, do show it: masked LoRA's peak is lower, its merged weights kept
+    tens = sparselib.load_result("recovery_memory_tensors_smollm2")["runs"]
+    weights_gb = 4 * pts["recovery|wanda|2:4|full"]["trained_parameters"] / 1e9
+    assert "masked LoRA's tensors do need less" in text
+    assert tens["lora"]["tensor_peak_gb"] < tens["full"]["tensor_peak_gb"] - weights_gb
+    assert tens["lora"]["saved_for_backward_gb"] > tens["full"]["saved_for_backward_gb"] + weights_gb / 2
+
+
+def test_chapter7_sweep_words_hold_on_the_recorded_sweep():
+    text = _ch7_markdown()
+    sweep = sparselib.load_result("owl_sweep_smollm2")
+    ppl = {k: p["perplexity"] for k, p in sweep["points"].items()}
+    uniform, M0, lam0 = sweep["uniform"], sweep["authors"]["M"], sweep["authors"]["lam"]
+    # "OWL lowers the perplexity of Wanda 70 % at most settings" … "every point is a collapsed model"
+    assert "at most settings" in text and sum(p < uniform for p in ppl.values()) > len(ppl) / 2
+    assert "every\npoint is a collapsed model" in text or "every point is a collapsed model" in text.replace("\n", " ")
+    assert min(ppl.values()) > 10 * sweep["dense"]
+    # "Perplexity does not move smoothly": along λ at the authors' M it goes up and down
+    row = [ppl[f"paper|{M0:g}|{lam:g}"] for lam in sweep["lambdas"]]
+    assert "does not move smoothly" in text
+    assert any((b - a) * (c - b) < 0 for a, b, c in zip(row, row[1:], row[2:]))
+    # "not a best setting for this model": the text names no winner as the setting to use
+    assert not re.search(r"(best|right|recommended) (setting|λ|\$\\lambda\$) (for|on) SmolLM2 is", text)
+    assert ppl[f"paper|{M0:g}|{lam0:g}"] == sparselib.load_result("recovery_smollm2")["points"]["owl|wanda|0.7"]["perplexity"]
+
+

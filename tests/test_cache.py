@@ -134,3 +134,20 @@ def test_the_real_cache_is_converted_again_after_a_transformers_change(smollm2, 
     assert json.loads(record.read_text())["transformers"] == model_cache.transformers_version()
     reference = smollm2[0].state_dict()
     assert all(torch.equal(t, reference[name]) for name, t in model.state_dict().items())
+
+
+def test_two_processes_converting_at_once_convert_once(offline):
+    """A second load that starts while the first converts waits for it and reads its result (two
+    environments sharing one cache), instead of converting again and replacing the folder under it."""
+    import threading
+
+    loaded = []
+    with models.exclusive(models.offline_model_dir(), wait=True):  # the first process, converting
+        waiter = threading.Thread(target=lambda: loaded.append(sparselib.load_model()))
+        waiter.start()
+        waiter.join(timeout=2)
+        assert waiter.is_alive()  # waiting for the lock, not converting
+        models._convert_gguf(models.offline_model_dir())
+    waiter.join(timeout=600)
+    assert len(offline) == 1 and len(loaded) == 1
+    assert [p.name for p in models.cache_dir().iterdir()] == [models.offline_model_dir().name]

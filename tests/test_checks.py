@@ -174,8 +174,18 @@ def test_check_out_dir(tmp_path):
         checks.check_out_dir(tmp_path / "mine", force=False)
     with pytest.raises(ValueError, match="sparselib did not write"):
         checks.check_out_dir(tmp_path / "mine", force=True)
-    (tmp_path / "mine" / "report.json").write_text("{}")
-    checks.check_out_dir(tmp_path / "mine", force=True)
+    (tmp_path / "mine" / "report.json").write_text("{}")  # a report.json is not enough (issue 27)
+    with pytest.raises(ValueError, match="sparselib did not write"):
+        checks.check_out_dir(tmp_path / "mine", force=True)
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "ours" / "report.json").write_text('{"output_id": "1"}')
+    sparselib.io.mark_output(tmp_path / "ours", "1")
+    checks.check_out_dir(tmp_path / "ours", force=True)
+    (tmp_path / "ours" / "x").write_text("x")
+    with pytest.raises(ValueError, match=r"files sparselib did not write \(x\)"):
+        checks.check_out_dir(tmp_path / "ours", force=True)
+    (tmp_path / "empty").mkdir()
+    checks.check_out_dir(tmp_path / "empty", force=True)  # nothing in it to lose
     assert not any(p.name.startswith(".sparselib-probe") for p in tmp_path.iterdir())  # the probe is gone
 
 

@@ -27,6 +27,12 @@ def test_perplexity_bad_seqlen(seqlen, match):
         sparselib.perplexity(tiny_llama(), torch.zeros(1, 200, dtype=torch.long), seqlen=seqlen)
 
 
+@pytest.mark.parametrize("ids", [torch.full((1, 64), 128), torch.full((1, 64), -1)])
+def test_perplexity_ids_outside_the_vocabulary(ids):
+    with pytest.raises(ValueError, match=r"outside \[0, 128\).*tokenizer"):
+        sparselib.perplexity(tiny_llama(), ids, seqlen=16, progress=False)
+
+
 def test_perplexity_text_shorter_than_a_window():
     with pytest.raises(ValueError, match="fewer than one window"):
         sparselib.perplexity(tiny_llama(), torch.zeros(1, 10, dtype=torch.long), seqlen=16)

@@ -20,6 +20,24 @@ def test_a_path_that_is_not_a_model(tmp_path):
         sparselib.load_model(str(tmp_path))
 
 
+@pytest.mark.parametrize("keep", [0.5, 0.0001])
+def test_a_truncated_weights_file_is_one_line(keep, tmp_path):
+    """Issue 27: a truncated model.safetensors gave a 28-line traceback."""
+    from conftest import tiny_llama
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    tiny_llama().save_pretrained(tmp_path)
+    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel({"a": 0}, unk_token="a")),
+                            unk_token="a").save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: int(weights.stat().st_size * keep)])
+    with pytest.raises(ValueError, match="damaged or incomplete") as err:
+        sparselib.load_model(str(tmp_path))
+    assert "\n" not in str(err.value) and str(tmp_path) in str(err.value)
+
+
 def test_cuda_without_gpu_is_a_clear_error():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")

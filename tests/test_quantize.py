@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import sparselib
@@ -125,6 +125,7 @@ def test_joint_sweep_follows_the_sparsegpt_references_joint_mode(n, m):
 @settings(max_examples=40, deadline=None)
 @given(rows=st.integers(1, 6), groups=st.integers(1, 4), bits=st.sampled_from([2, 3, 4, 8]),
        symmetric=st.booleans(), seed=st.integers(0, 2 ** 16), zero_rows=st.booleans())
+@example(rows=1, groups=2, bits=8, symmetric=False, seed=1, zero_rows=False)  # once failed: fp16 rounding at 8 bits
 def test_rtn_puts_every_weight_on_its_grid(rows, groups, bits, symmetric, seed, zero_rows):
     g = torch.Generator().manual_seed(seed)
     W = torch.randn(rows, 8 * groups, generator=g) * torch.rand(rows, 1, generator=g) * 3
@@ -143,8 +144,10 @@ def test_rtn_puts_every_weight_on_its_grid(rows, groups, bits, symmetric, seed, 
     # each weight is at most half a step from its grid point, unless clamped at the range's end
     step = state.scale.repeat_interleave(8, dim=1)
     inside = (W >= -step * state.zero.repeat_interleave(8, 1)) & (W <= step * (2 ** bits - 1 - state.zero.repeat_interleave(8, 1)))
-    # (plus the rounding of the decoded value to float16: at most 8 steps · 2⁻¹¹)
-    assert ((Q - W).abs()[inside] <= step[inside] * (0.5 + 2 ** -7) + 1e-6).all()
+    # plus the rounding of the decoded value to float16: half an ulp, at most |Q| · 2⁻¹¹ (relative to the
+    # value, not the step: at 8 bits a value 128 steps from zero moves by up to 1/16 of a step)
+    bound = step * 0.5 + Q.abs() * 2 ** -11 + 1e-6
+    assert ((Q - W).abs()[inside] <= bound[inside]).all()
 
 
 def test_grid_params_match_the_reference_quantizer():

@@ -172,7 +172,13 @@ def _snapshot(model):
     ({"sparsity": -0.1}, ValueError, r"\[0, 1\)"),
     ({"sparsity": "25%"}, TypeError, "number"),
     ({"sparsity": 0.95}, ValueError, "rounds down to 0"),
+    ({"sparsity": -0.25}, ValueError, r"\[0, 1\)"),
+    ({"sparsity": float("nan")}, ValueError, r"\[0, 1\)"),
     ({"batch_size": 0}, ValueError, "batch_size"),
+    ({"batch_size": 2.5}, TypeError, "batch_size"),
+    ({"device": "tpu"}, ValueError, "use cpu or cuda"),
+    ({"device": "cuda:9"}, ValueError, "cuda"),
+    ({"slice_head": "yes"}, TypeError, "slice_head"),
     ({"calib": torch.zeros(2, 8)}, TypeError, "LongTensor"),
     ({"calib": torch.full((2, 8), 500)}, ValueError, "tokenizer"),
 ])
@@ -236,3 +242,22 @@ def test_the_report_records_every_linear_like_prune_reports():
     sizes = [r["shape_before"][0] * r["shape_before"][1] for r in d["linears"] if r["layer"] == 1]
     deleted = [r["sparsity"] for r in d["linears"] if r["layer"] == 1]
     assert d["layers"][1] == {"layer": 1, "sparsity": pytest.approx(sum(s * n for s, n in zip(deleted, sizes)) / sum(sizes))}
+
+
+def test_cuda_without_a_gpu_is_refused_before_anything_changes(tiny_calib):
+    """Issue 27: the device was parsed after fusing and slicing had begun."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    model = tiny_llama()
+    before = _snapshot(model)
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        slice_model(model, tiny_calib, 0.25, device="cuda", progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not isinstance(model.model.layers[0], SlicedLayer)
+
+
+def test_numpy_sparsity_is_accepted(tiny_calib):
+    import numpy as np
+
+    report = slice_model(tiny_llama(), tiny_calib, np.float32(0.25), progress=False)
+    assert type(report.sparsity) is float and report.dim == kept_dim(64, 0.25)

@@ -58,6 +58,19 @@ def save_result(name: str, data: dict, directory: Path | None = None) -> Path:
     return write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"), overwrite=True)
 
 
+def protocol_inputs(protocol: dict):
+    """What a benchmark under the course's protocol starts from: ``(model, tokenizer, calib, test,
+    dense_state)``, with ``protocol``'s model, calibration windows (text, nsamples, seqlen, seed) and
+    test tokens; ``dense_state`` (a copy of the weights) puts the model back between points."""
+    import sparselib
+
+    model, tok = sparselib.load_model(protocol["model"])
+    calib = sparselib.calibration_data(tok, protocol["calib"], protocol["nsamples"], protocol["seqlen"],
+                                       protocol["seed"])
+    test = sparselib.test_data(tok, max_tokens=protocol["eval_tokens"])
+    return model, tok, calib, test, {k: v.clone() for k, v in model.state_dict().items()}
+
+
 def resume_result(name: str, protocol: dict) -> dict:
     """The recorded result ``name`` to resume, if it was measured under ``protocol``; else a fresh
     ``{"points": {}}`` (a sweep whose protocol changed starts again)."""

@@ -20,7 +20,8 @@ from .ch03_wanda import check_outlier_fractions, check_wanda_24
 from .ch04_visualizer import check_outlier_threshold, check_row_errors
 from .ch05_sparsegpt import check_blocksize_claim, check_damping_errors, check_sparsegpt_columns
 from .ch06_slicegpt import check_fold, check_slice_head, check_sliced_params
-from .ch07_beyond_50 import check_masked_merge, check_owl_sparsities
+from .ch07_beyond_50 import (check_layer_allocation, check_masked_merge, check_masked_step,
+                             check_owl_sparsities)
 from .ch08_sparse_tensor_cores import check_meta_byte, check_roofline
 from .ch09_smaller import check_bits_24_int4, check_rtn_groups
 from .ch10_comparison import check_stored_size_24, check_within_budget
