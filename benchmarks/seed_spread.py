@@ -24,6 +24,12 @@ comparisons the chapters draw first (OWL vs uniform at 70 %, then Wanda vs Spars
 in the file are skipped (``--redo`` re-measures them). On 2 idle CPU cores a run takes about 1–1.5
 minutes (nsamples 128: about 2.5), so seeds 0–2 take about 45 minutes and all 5 about 1.5 hours.
 
+Threads: SparseGPT's masks depend on the order in which floats are summed (H = 2XᵀX, the layer
+inputs), and that order depends on the number of CPU threads: at 2:4, seed 0 gives 150.54 on 2
+threads and 152.10 on 1 (Wanda gives the same bits on both). So every run uses the sweep's thread
+count (``cpu_threads`` in the sweep's provenance, 2), recorded in each run as ``threads``; seed 0
+then reproduces the sweep's point exactly.
+
     nice -n 5 .venv/bin/python benchmarks/seed_spread.py [--seeds 3] [--redo]
 """
 from __future__ import annotations
@@ -33,6 +39,8 @@ import math
 import os
 import time
 from datetime import datetime, timezone
+
+import torch
 
 import sparselib
 from sparselib.course.results import over_seeds, resume_result, spread
@@ -82,6 +90,7 @@ def run(model, tok, dense_state, test, method, sparsity, options, seed) -> dict:
     ppl, short_ppl = perplexities(model, test)
     eval_seconds = time.perf_counter() - t
     return {"perplexity": ppl, "short_perplexity": short_ppl, "achieved_sparsity": report.sparsity,
+            "threads": torch.get_num_threads(),
             "timing": {"prune_seconds": report.seconds, "eval_seconds": eval_seconds,
                        "load_average_before": load,
                        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}}
