@@ -1,9 +1,21 @@
-"""Shared fixtures: small random-weight models of real architectures (no download)."""
+"""Shared fixtures: small random-weight models of real architectures (no download); the benchmark
+scripts as modules."""
+import importlib.util
 import signal
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module (its constants and helpers: what a result file must hold)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:

@@ -10,6 +10,7 @@ import torch
 import yaml
 
 import sparselib
+from conftest import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "chapters").glob("*.ipynb"))  # chapters and pages (the instructor guide)
@@ -498,7 +499,7 @@ def test_worded_comparisons_follow_the_recorded_spread(stem, monkeypatch):
     assert _verdict_cells(stem), f"{stem} compares methods: word them in a code cell tagged 'verdicts'"
     glued, worded = _run_verdict_cells(stem, monkeypatch)
     assert worded, f"{stem}: its verdicts cells word no comparison through verdict_words"
-    minimum = _benchmark_module("seed_spread").MINIMUM_SEEDS
+    minimum = load_benchmark("seed_spread").MINIMUM_SEEDS
     exact = {p["perplexity"] for k, p in sparselib.load_result("sweep_smollm2_brown")["points"].items()
              if k.startswith("magnitude|")}
     allowance = largest_relative_std()
@@ -555,16 +556,6 @@ def _text_literals(stem):
         out += [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
                 and id(n) not in messages]
     return out
-
-
-def _benchmark_module(name):
-    import importlib.util
-
-    path = ROOT / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"{name}_benchmark_for_book", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # Chapter 7's worded claims, recomputed from the result files the chapter loads. Its numbers are glued;

@@ -4,6 +4,7 @@ import json
 import pytest
 
 import sparselib
+from conftest import load_benchmark
 from sparselib import results
 
 
@@ -33,17 +34,8 @@ def test_unknown_result_lists_the_available_ones():
         sparselib.load_result("no-such-result")
 
 
-def _recovery_benchmark():
-    import importlib.util
-    path = results.RESULTS_DIR.parents[1] / "benchmarks" / "recovery.py"
-    spec = importlib.util.spec_from_file_location("recovery_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_recovery_results_hold_every_point_of_the_benchmark_at_its_budget():
-    bench = _recovery_benchmark()
+    bench = load_benchmark("recovery")
     rec = sparselib.load_result("recovery_smollm2")
     assert rec["budget"] == bench.BUDGET and rec["provenance"]["protocol"] == bench.PROTOCOL
     sizes = rec["layer_sizes"]
@@ -100,17 +92,8 @@ def test_compare_needs_a_gap_larger_than_both_error_bars():
         sparselib.compare(10.0, a)
 
 
-def _benchmark(name):
-    import importlib.util
-    path = results.RESULTS_DIR.parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_seed_spread_records_are_consistent_and_seed_0_is_the_sweeps_draw():
-    bench = _benchmark("seed_spread")
+    bench = load_benchmark("seed_spread")
     rec = sparselib.load_result(bench.NAME)
     assert rec["provenance"]["protocol"] == bench.PROTOCOL and rec["seeds"] == bench.SEEDS
     sweep = sparselib.load_result("sweep_smollm2_brown")
@@ -133,7 +116,7 @@ def test_seed_spread_records_are_consistent_and_seed_0_is_the_sweeps_draw():
 def test_seed_spread_holds_the_first_points_of_its_order_over_the_first_seeds():
     """The file holds the script's points in its order (a resumed run adds the next ones; the README
     says which are recorded), each calibrated one over at least MINIMUM_SEEDS draws."""
-    bench = _benchmark("seed_spread")
+    bench = load_benchmark("seed_spread")
     points = sparselib.load_result(bench.NAME)["points"]
     for method, sparsity, options in bench.UNCALIBRATED:
         if bench.key(method, sparsity, options) in points:
@@ -149,7 +132,7 @@ def test_seed_spread_holds_the_first_points_of_its_order_over_the_first_seeds():
 
 
 def test_task_accuracy_records_are_consistent():
-    bench = _benchmark("task_accuracy")
+    bench = load_benchmark("task_accuracy")
     rec = sparselib.load_result(bench.NAME)
     assert rec["provenance"]["protocol"] == bench.PROTOCOL
     n = len(sparselib.lastword_items())
@@ -159,7 +142,7 @@ def test_task_accuracy_records_are_consistent():
 
 
 def test_task_accuracy_holds_every_point():
-    bench = _benchmark("task_accuracy")
+    bench = load_benchmark("task_accuracy")
     points = sparselib.load_result(bench.NAME)["points"]
     missing = [k for k in ["dense"] + [bench.key(m, s) for m, s in bench.PRUNED + bench.SLICED] if k not in points]
     assert not missing, f"{missing}: run benchmarks/task_accuracy.py (it resumes)"
@@ -169,7 +152,7 @@ def test_peer_comparison_holds_the_runs_of_its_script():
     """benchmarks/peer_llmcompressor.py (llm-compressor runs in its own venv, not here): every run in the
     committed file is a run of the script, under its protocol and settings; the file lists the runs not
     yet measured; the gaps and the explanation agree with the recorded figures."""
-    bench = _benchmark("peer_llmcompressor")   # stdlib-only at import: no llm-compressor needed
+    bench = load_benchmark("peer_llmcompressor")   # stdlib-only at import: no llm-compressor needed
     rec = sparselib.load_result(bench.NAME)
     assert rec["provenance"]["protocol"] == bench.PROTOCOL and "load" in rec["provenance"]["timing_note"]
     runs = {r["name"]: r for r in bench.RUNS}
@@ -200,7 +183,7 @@ def test_peer_comparison_holds_the_runs_of_its_script():
 
 
 def test_relative_gap():
-    bench = _benchmark("peer_llmcompressor")
+    bench = load_benchmark("peer_llmcompressor")
     assert bench.relative_gap(110.0, 100.0) == pytest.approx(0.10)
     assert bench.relative_gap(95.0, 100.0) == pytest.approx(-0.05)
     with pytest.raises(ValueError, match="positive"):
@@ -218,7 +201,7 @@ def test_the_dense_control_is_the_dense_model_trained_like_the_recovery_curves()
 
 def test_owl_sweep_holds_its_grid_with_the_targets_each_rule_gives():
     from sparselib.owl import owl_sparsities
-    bench = _benchmark("owl_sweep")
+    bench = load_benchmark("owl_sweep")
     sweep = sparselib.load_result("owl_sweep_smollm2")
     assert sweep["provenance"]["protocol"] == bench.PROTOCOL
     assert (sweep["lambdas"], sweep["Ms"], sweep["target"]) == (bench.LAMBDAS, bench.MS, bench.TARGET)
